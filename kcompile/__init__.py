@@ -1,0 +1,17 @@
+"""kcompile: Keras-compatible models, compiled.
+
+`import kcompile as keras` gives the Keras 3 surface: Sequential, Model, Input, layers, activations,
+initializers, ops, utils.
+"""
+
+from kcompile import activations, initializers, layers, ops, utils
+from kcompile.layers import Input, InputSpec, KerasTensor, Layer
+from kcompile.models import Functional, Model, Sequential
+from kcompile.variables import Variable
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Functional", "Input", "InputSpec", "KerasTensor", "Layer", "Model", "Sequential", "Variable",
+    "__version__", "activations", "initializers", "layers", "ops", "utils",
+]

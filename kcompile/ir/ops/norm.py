@@ -1,0 +1,36 @@
+"""Batch normalization, inference form (moving statistics)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kcompile.ir.core import TensorType, format_shape
+from kcompile.ir.opdef import Attr, defop
+from kcompile.ir.ops._util import norm_axis, require_float, same_dtype
+
+
+def _batchnorm_infer(x: TensorType, gamma: TensorType, beta: TensorType, mean: TensorType,
+                     var: TensorType, axis: int, epsilon: float) -> TensorType:
+    require_float("batchnorm", x)
+    same_dtype("batchnorm", x, gamma, beta, mean, var)
+    ax = norm_axis("batchnorm", axis, x.rank)
+    c = x.shape[ax]
+    for name, t in (("gamma", gamma), ("beta", beta), ("moving_mean", mean),
+                    ("moving_variance", var)):
+        if t.shape != (c,):
+            raise ValueError(f"batchnorm: {name} has shape {format_shape(t.shape)}, expected ({c},)")
+    return x
+
+
+def _batchnorm_ref(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, mean: np.ndarray,
+                   var: np.ndarray, axis: int, epsilon: float) -> np.ndarray:
+    shape = [1] * x.ndim
+    shape[axis] = -1
+    inv = gamma / np.sqrt(var + np.asarray(epsilon, x.dtype))
+    return ((x - mean.reshape(shape)) * inv.reshape(shape) + beta.reshape(shape)).astype(x.dtype)
+
+
+defop("batchnorm",
+      attrs={"axis": Attr(int, -1), "epsilon": Attr(float, 1e-3, lambda e: e >= 0, ">= 0")},
+      infer=_batchnorm_infer, ref=_batchnorm_ref, num_inputs=5,
+      doc="(x - mean) * gamma / sqrt(var + eps) + beta along `axis`; folded into conv/dense later.")

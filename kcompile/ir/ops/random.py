@@ -1,0 +1,68 @@
+"""Counter-based randomness and Dropout.
+
+Random numbers are a pure function of (key, salt, element index), built from 32-bit integer hashing
+(multiply, xor, shift; all wrapping uint32), so every executor (NumPy, LLVM, ONNX with uint32
+Mul/BitShift/BitwiseXor) can compute bit-identical values and eager, compiled and exported training
+draw the same Dropout masks. `key` is a uint32[2] tensor (seed, step) fed to the graph.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kcompile.ir.core import TensorType, format_shape
+from kcompile.ir.opdef import Attr, defop
+from kcompile.ir.ops._util import require_float
+
+_M1 = np.uint32(0x7FEB352D)
+_M2 = np.uint32(0x846CA68B)
+_GOLDEN = np.uint32(0x9E3779B9)
+
+
+def hash32(x: np.ndarray) -> np.ndarray:
+    """A well-mixed 32-bit integer hash (two multiply-xorshift rounds), wrapping arithmetic."""
+    x = np.asarray(x, dtype=np.uint32)
+    x = x ^ (x >> np.uint32(16))
+    x = x * _M1
+    x = x ^ (x >> np.uint32(15))
+    x = x * _M2
+    return x ^ (x >> np.uint32(16))
+
+
+def uniform_bits(key: np.ndarray, salt: int, count: int) -> np.ndarray:
+    """uint32 random bits for elements 0..count-1."""
+    key = np.asarray(key, dtype=np.uint32).reshape(2)
+    stream = hash32(hash32(key[0] ^ np.uint32(salt)) + key[1] * _GOLDEN)
+    idx = np.arange(count, dtype=np.uint32)
+    return hash32(idx ^ stream)
+
+
+def uniform(key: np.ndarray, salt: int, shape: tuple[int, ...]) -> np.ndarray:
+    """Uniform float32 in [0, 1) with 24 random bits, so float32 represents each value exactly."""
+    bits = uniform_bits(key, salt, int(np.prod(shape, dtype=np.int64)))
+    return ((bits >> np.uint32(8)).astype(np.float32) * np.float32(2.0**-24)).reshape(shape)
+
+
+def _key_check(key: TensorType) -> None:
+    if key.shape != (2,) or key.dtype != "uint32":
+        raise ValueError(f"random key must be uint32[2], got {key.dtype}{format_shape(key.shape)}")
+
+
+def _dropout_infer(x: TensorType, key: TensorType, rate: float, salt: int) -> TensorType:
+    require_float("dropout", x)
+    _key_check(key)
+    return x
+
+
+def _dropout_ref(x: np.ndarray, key: np.ndarray, rate: float, salt: int) -> np.ndarray:
+    keep = uniform(key, salt, x.shape) >= np.float32(rate)
+    scale = np.asarray(1.0 / (1.0 - rate), dtype=x.dtype)
+    return np.where(keep, x * scale, np.zeros((), x.dtype)).astype(x.dtype, copy=False)
+
+
+defop("dropout",
+      attrs={"rate": Attr(float, check=lambda r: 0.0 <= r < 1.0, help="0 <= rate < 1"),
+             "salt": Attr(int, 0, lambda s: 0 <= s < 2**32, help="uint32")},
+      infer=_dropout_infer, ref=_dropout_ref, num_inputs=2,
+      doc="Training-time dropout: zero where uniform(key, salt, i) < rate, scale the rest by "
+          "1/(1-rate). Inference graphs never contain it (the layer is the identity there).")

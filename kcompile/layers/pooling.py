@@ -1,0 +1,69 @@
+"""Pooling layers: Max/AveragePooling2D and the global 2-D poolings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kcompile import ops
+from kcompile.layers._args import channels_last, int_tuple, padding_mode
+from kcompile.layers.base import InputSpec, Layer
+
+
+class _Pooling2D(Layer):
+    _op = staticmethod(ops.max_pool)
+
+    def __init__(self, pool_size: Any = (2, 2), strides: Any = None, padding: str = "valid",
+                 data_format: str | None = None, name: str | None = None, **kwargs: Any) -> None:
+        super().__init__(name=name, **kwargs)
+        where = f"{type(self).__name__} '{self.name}'"
+        self.pool_size = int_tuple(pool_size, 2, "pool_size", where)
+        self.strides = self.pool_size if strides is None else int_tuple(strides, 2, "strides", where)
+        self.padding = padding_mode(padding, where)
+        self.data_format = channels_last(data_format, where)
+        self.input_spec = InputSpec(ndim=4)
+
+    def call(self, inputs: Any) -> Any:
+        return type(self)._op(inputs, self.pool_size, self.strides, self.padding)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "pool_size": self.pool_size, "padding": self.padding,
+                "strides": self.strides, "data_format": self.data_format}
+
+
+class MaxPooling2D(_Pooling2D):
+    _op = staticmethod(ops.max_pool)
+
+
+class AveragePooling2D(_Pooling2D):
+    _op = staticmethod(ops.average_pool)
+
+
+class _GlobalPooling2D(Layer):
+    _op = staticmethod(ops.mean)
+
+    def __init__(self, data_format: str | None = None, keepdims: bool = False,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.data_format = channels_last(data_format, f"{type(self).__name__} '{self.name}'")
+        self.keepdims = bool(keepdims)
+        self.input_spec = InputSpec(ndim=4)
+
+    def call(self, inputs: Any) -> Any:
+        return type(self)._op(inputs, axis=(1, 2), keepdims=self.keepdims)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "data_format": self.data_format, "keepdims": self.keepdims}
+
+
+class GlobalAveragePooling2D(_GlobalPooling2D):
+    _op = staticmethod(ops.mean)
+
+
+class GlobalMaxPooling2D(_GlobalPooling2D):
+    _op = staticmethod(ops.max)
+
+
+MaxPool2D = MaxPooling2D
+AvgPool2D = AveragePooling2D
+GlobalAvgPool2D = GlobalAveragePooling2D
+GlobalMaxPool2D = GlobalMaxPooling2D

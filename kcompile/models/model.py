@@ -1,0 +1,159 @@
+"""`Model`: a layer with inputs, outputs and an executor (`predict`, `model(x)`, `summary`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from kcompile import random_state, tree
+from kcompile.layers.base import KerasTensor, Layer
+from kcompile.models.lowering import InputSig, Lowered, execute, lower, prepare_inputs
+from kcompile.tracing import Tracer, current_builder
+
+
+class Model(Layer):
+    """Base of Functional, Sequential and subclassed models.
+
+    `Model(inputs, outputs)` returns a Functional model, as in Keras; subclasses define `call`.
+    """
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Model:
+        if cls is Model and (args or "inputs" in kwargs or "outputs" in kwargs):
+            from kcompile.models.functional import Functional
+            return object.__new__(Functional)
+        return object.__new__(cls)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if args or "inputs" in kwargs or "outputs" in kwargs:
+            raise ValueError(f"{type(self).__name__}: a subclassed Model cannot pass "
+                             "inputs/outputs to Model.__init__ yet; build it with "
+                             "keras.Model(inputs, outputs) or define call()")
+        super().__init__(**kwargs)
+        self._lowered: dict[tuple, Lowered] = {}
+        self._rng_seed = random_state.draw_seed()
+        self._rng_step = 0
+
+    # -- structure -----------------------------------------------------------------------------
+    @property
+    def layers(self) -> list[Layer]:
+        return list(self._layers)
+
+    def get_layer(self, name: str | None = None, index: int | None = None) -> Layer:
+        if index is not None:
+            if name is not None:
+                raise ValueError("Provide only a layer name or a layer index, not both")
+            if not -len(self.layers) <= index < len(self.layers):
+                raise ValueError(f"Was asked to retrieve layer at index {index} but model only "
+                                 f"has {len(self.layers)} layers.")
+            return self.layers[index]
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise ValueError(f"No such layer: {name}. Existing layers are: "
+                         f"{[layer.name for layer in self.layers]}.")
+
+    def input_signature(self, x: Any = None) -> tuple[list[InputSig], Any]:
+        """The model's inputs (flat signatures and their structure); subclassed models take them
+        from example data, as Keras builds them on first call."""
+        if x is None:
+            raise ValueError(f"Model '{self.name}' has no known inputs; call it on data first")
+        items = x if isinstance(x, list | tuple) and x and isinstance(x[0], np.ndarray) else [x]
+        sigs = []
+        for i, item in enumerate(items):
+            arr = np.asarray(item)
+            dtype = "float32" if arr.dtype.kind == "f" else arr.dtype.name
+            sigs.append(InputSig(f"input_{i}", (None, *arr.shape[1:]), dtype))
+        return sigs, (list(range(len(sigs))) if items is x else 0)
+
+    def build(self, input_shape: Any = None) -> None:
+        """Create weights by tracing `call` on symbolic inputs of `input_shape`."""
+        if input_shape is None:
+            raise ValueError(f"Model '{self.name}': build() needs an input_shape")
+        shapes = input_shape if isinstance(input_shape, list) else [input_shape]
+        sigs = [InputSig(f"input_{i}", tuple(s), "float32") for i, s in enumerate(shapes)]
+        structure = list(range(len(sigs))) if isinstance(input_shape, list) else 0
+        self.built = True
+        self._build_shapes_arg = input_shape
+        self._lowered_for(sigs, structure, False)
+
+    def _maybe_build(self, input_shapes: Any) -> None:
+        """Sublayers build themselves while `call` is traced; nothing to do up front."""
+        if not self.built:
+            self._build_shapes_arg = input_shapes
+            self.built = True
+
+    # -- execution -----------------------------------------------------------------------------
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        inputs = args[0] if args else kwargs.get("inputs")
+        symbolic = any(isinstance(x, KerasTensor | Tracer) for x in tree.flatten(inputs))
+        if symbolic or current_builder() is not None:
+            return super().__call__(*args, **kwargs)
+        return self._run(inputs, bool(kwargs.get("training") or False))
+
+    def _lowered_for(self, sigs: Sequence[InputSig], structure: Any, training: bool) -> Lowered:
+        key = (tuple(sigs), repr(structure), training)
+        lowered = self._lowered.get(key)
+        if lowered is None:
+            lowered = lower(self, sigs, structure, training)
+            self._lowered[key] = lowered
+        return lowered
+
+    def _invalidate(self) -> None:
+        self._lowered.clear()
+
+    def _run(self, x: Any, training: bool = False) -> Any:
+        sigs, structure = self.input_signature(x)
+        arrays = prepare_inputs(self.name, sigs, x)
+        return self._run_arrays(sigs, structure, arrays, training)
+
+    def _run_arrays(self, sigs: list[InputSig], structure: Any, arrays: list[np.ndarray],
+                    training: bool) -> Any:
+        lowered = self._lowered_for(sigs, structure, training)
+        key = None
+        if lowered.needs_rng_key:
+            key = np.array([self._rng_seed, self._rng_step], np.uint32)
+            self._rng_step += 1
+        outs = execute(lowered, arrays, key)
+        self.built = True
+        return tree.pack_as(self._output_structure(lowered), outs)
+
+    def _output_structure(self, lowered: Lowered) -> Any:
+        return 0 if lowered.num_outputs == 1 else list(range(lowered.num_outputs))
+
+    def predict(self, x: Any, batch_size: int | None = None, verbose: Any = "auto",
+                steps: int | None = None, callbacks: Any = None) -> Any:
+        """Run inference batch by batch (default batch size 32) and concatenate the results."""
+        if steps is not None or callbacks:
+            raise ValueError("predict: `steps` and `callbacks` are not supported yet")
+        batch_size = 32 if batch_size is None else batch_size
+        if not isinstance(batch_size, int | np.integer) or batch_size < 1:
+            raise ValueError(f"predict: batch_size must be a positive int, got {batch_size!r}")
+        sigs, structure = self.input_signature(x)
+        arrays = prepare_inputs(self.name, sigs, x)
+        n = arrays[0].shape[0] if arrays and arrays[0].ndim else 0
+        if not all(s.shape and s.shape[0] is None for s in sigs):
+            return self._run_arrays(sigs, structure, arrays, False)
+        chunks = []
+        for start in range(0, max(n, 1), batch_size):
+            part = [a[start:start + batch_size] for a in arrays]
+            chunks.append(tree.flatten(self._run_arrays(sigs, structure, part, False)))
+        outs = [np.concatenate([c[i] for c in chunks], axis=0) for i in range(len(chunks[0]))]
+        lowered = self._lowered_for(sigs, structure, False)
+        return tree.pack_as(self._output_structure(lowered), outs)
+
+    def predict_on_batch(self, x: Any) -> Any:
+        return self._run(x, training=False)
+
+    # -- reporting -----------------------------------------------------------------------------
+    def summary(self, line_length: int | None = None, positions: Any = None,
+                print_fn: Callable[[str], Any] | None = None, expand_nested: bool = False,
+                show_trainable: bool = False, layer_range: Any = None) -> None:
+        from kcompile.models.summary import summary_text
+
+        text = summary_text(self, line_length=line_length, show_trainable=show_trainable)
+        (print_fn or print)(text)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"name": self.name, "trainable": self.trainable}

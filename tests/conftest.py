@@ -1,0 +1,34 @@
+"""Shared test set-up: real Keras 3 (JAX backend) is the oracle."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+RTOL, ATOL = 1e-4, 1e-5  # fp32 contract: compiled == eager == Keras
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)
+
+
+def keras_module():
+    import keras
+
+    assert keras.backend.backend() == "jax", "tests compare against Keras with the JAX backend"
+    return keras
+
+
+def copy_weights(src, dst) -> None:
+    """Copy weights between a kcompile and a Keras model (same architecture, same order)."""
+    dst.set_weights([np.asarray(w) for w in src.get_weights()])
+
+
+def assert_close(actual, expected, rtol: float = RTOL, atol: float = ATOL) -> None:
+    np.testing.assert_allclose(np.asarray(actual), np.asarray(expected), rtol=rtol, atol=atol)

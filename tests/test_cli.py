@@ -1,0 +1,39 @@
+"""`kcompile demo` and the digits data set."""
+
+import subprocess
+import sys
+
+import numpy as np
+
+from kcompile.cli import build_convnet, build_mlp, main
+from kcompile.datasets import digits
+
+
+def test_digits_split_is_seeded_and_disjoint() -> None:
+    (x_train, y_train), (x_test, y_test) = digits.load_data()
+    assert x_train.shape[1:] == (8, 8) and x_train.dtype == np.uint8
+    assert len(x_train) + len(x_test) == 1797 and len(x_test) == 359
+    assert set(np.unique(y_train)) == set(range(10))
+    (x2, _), _ = digits.load_data()
+    np.testing.assert_array_equal(x_train, x2)
+
+
+def test_demo_models_have_keras_param_counts() -> None:
+    # 8x8 'same' convnet: conv 3*3*1*32+32, conv 3*3*32*64+64, dense 2*2*64*10+10
+    assert build_convnet().count_params() == 320 + 18496 + 2570
+    assert build_mlp().count_params() == 64 * 512 + 512 + 512 * 512 + 512 + 512 * 10 + 10
+
+
+def test_demo_runs(capsys) -> None:
+    assert main(["demo"]) == 0
+    out = capsys.readouterr().out
+    assert 'Model: "digits_convnet"' in out and 'Model: "seed_mlp"' in out
+    assert "Total params: 21,386" in out
+    assert "rows sum to 1: True" in out
+    assert "= matmul(" in out  # the traced IR is printed
+
+
+def test_console_script_entry_point() -> None:
+    result = subprocess.run([sys.executable, "-m", "kcompile.cli", "--help"], capture_output=True,
+                            text=True)
+    assert result.returncode == 0 and "demo" in result.stdout

@@ -4,7 +4,7 @@
 initializers, ops, utils.
 """
 
-from kcompile import activations, initializers, layers, ops, utils
+from kcompile import activations, datasets, initializers, layers, ops, utils
 from kcompile.layers import Input, InputSpec, KerasTensor, Layer
 from kcompile.models import Functional, Model, Sequential
 from kcompile.variables import Variable
@@ -13,5 +13,5 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Functional", "Input", "InputSpec", "KerasTensor", "Layer", "Model", "Sequential", "Variable",
-    "__version__", "activations", "initializers", "layers", "ops", "utils",
+    "__version__", "activations", "datasets", "initializers", "layers", "ops", "utils",
 ]

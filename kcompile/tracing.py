@@ -69,11 +69,11 @@ class GraphBuilder:
     def constant(self, array: np.ndarray) -> Value:
         return self.graph.add_node("constant", [], {"value": np.array(array)})[0]
 
-    def rng_key(self) -> Value:
+    def rng_key(self) -> Tracer:
         """The graph's uint32[2] (seed, step) input, created on first use."""
         if self._rng_key is None:
             self._rng_key = self.graph.add_input(TensorType((2,), "uint32"), "rng_key")
-        return self._rng_key
+        return Tracer(self._rng_key, self)
 
     @property
     def label(self) -> str | None:

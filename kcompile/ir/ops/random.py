@@ -22,17 +22,19 @@ _GOLDEN = np.uint32(0x9E3779B9)
 def hash32(x: np.ndarray) -> np.ndarray:
     """A well-mixed 32-bit integer hash (two multiply-xorshift rounds), wrapping arithmetic."""
     x = np.asarray(x, dtype=np.uint32)
-    x = x ^ (x >> np.uint32(16))
-    x = x * _M1
-    x = x ^ (x >> np.uint32(15))
-    x = x * _M2
-    return x ^ (x >> np.uint32(16))
+    with np.errstate(over="ignore"):  # wrapping multiplication is the point
+        x = x ^ (x >> np.uint32(16))
+        x = x * _M1
+        x = x ^ (x >> np.uint32(15))
+        x = x * _M2
+        return x ^ (x >> np.uint32(16))
 
 
 def uniform_bits(key: np.ndarray, salt: int, count: int) -> np.ndarray:
     """uint32 random bits for elements 0..count-1."""
     key = np.asarray(key, dtype=np.uint32).reshape(2)
-    stream = hash32(hash32(key[0] ^ np.uint32(salt)) + key[1] * _GOLDEN)
+    with np.errstate(over="ignore"):
+        stream = hash32(hash32(key[0] ^ np.uint32(salt)) + key[1] * _GOLDEN)
     idx = np.arange(count, dtype=np.uint32)
     return hash32(idx ^ stream)
 

@@ -3,6 +3,7 @@
 from kcompile.ir.ops import (  # noqa: F401
     conv,
     elementwise,
+    fused,
     matmul,
     movement,
     norm,

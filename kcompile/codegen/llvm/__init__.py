@@ -1,0 +1,1 @@
+"""LLVM code generation: passes -> kernels -> one JIT-compiled module per model."""

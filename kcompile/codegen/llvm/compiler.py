@@ -1,0 +1,208 @@
+"""Whole-graph compilation: passes -> memory plan -> one LLVM module with one entry point.
+
+The entry `kc_main(ptr bufs, i64 n, i64 tid, i64 nthreads)` receives a table of buffer pointers
+(inputs, outputs, prepared params, arena) and the batch size, and runs every kernel in order; with
+several threads each runs its share of every kernel between barriers. `compile_graph` returns a
+`CompiledGraph` (runtime.py) that owns the loaded code, the prepared weights and the arena.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+
+from llvmlite import ir
+
+from kcompile.codegen.llvm.builder import I8, I64, PTR, KernelBuilder, define, module_text, new_module
+from kcompile.codegen.llvm.jit import CompileStats, Target, compile_cached, dump_sink, host_target
+from kcompile.codegen.llvm.kernels import load_all
+from kcompile.codegen.llvm.kernels.common import LOWERINGS, KernelContext, ParamLayout
+from kcompile.ir.core import Graph, Node, Value
+from kcompile.ir.passes import StaticSplit, optimize
+from kcompile.ir.passes.memory import MemoryPlan, Slot, nbytes_per_sample, plan_memory
+
+ENTRY = "kc_main"
+
+
+@dataclass
+class BufferTable:
+    """Positions in the entry's pointer table."""
+
+    num_inputs: int
+    num_outputs: int
+    param_slots: list[tuple[int, ParamLayout | None]] = field(default_factory=list)
+
+    @property
+    def arena_index(self) -> int:
+        return self.num_inputs + self.num_outputs + len(self.param_slots)
+
+    @property
+    def sync_index(self) -> int:
+        return self.arena_index + 1
+
+    @property
+    def size(self) -> int:
+        return self.arena_index + 2
+
+
+@dataclass
+class Program:
+    """Everything a `CompiledGraph` needs besides the machine code."""
+
+    split: StaticSplit
+    plan: MemoryPlan
+    table: BufferTable
+    target: Target
+    key: str
+    stats: CompileStats = field(default_factory=CompileStats)
+
+
+def lowering_for(node: Node):
+    if node.op == "fused":
+        from kcompile.codegen.llvm.kernels.fused import lower_fused
+        return lower_fused
+    fn = LOWERINGS.get(node.op)
+    if fn is None:
+        raise NotImplementedError(f"op {node.op!r} ({node.label or 'no layer'}) has no LLVM "
+                                  "lowering yet; use jit_compile=False")
+    return fn
+
+
+def _emit_module(split: StaticSplit, plan: MemoryPlan, target: Target) -> tuple[str, BufferTable]:
+    graph = split.main
+    module = new_module(graph.name, target)
+    ctx = KernelContext(module, target, static=frozenset(graph.params) | _constants(graph))
+    kernels: list[ir.Function] = []
+    for i, node in enumerate(graph.nodes):
+        ctx.node_index = i
+        if node.op == "reshape" and plan.slots[node.outputs[0]] is plan.slots.get(node.inputs[0]):
+            kernels.append(None)  # a view: nothing to run
+            continue
+        kernels.append(lowering_for(node)(ctx, node))
+    table = BufferTable(len(graph.inputs), len(graph.outputs))
+    slot_of: dict[tuple[int, str | None], int] = {}
+    param_pos = {v: k for k, v in enumerate(graph.params)}
+
+    def param_slot(v: Value, layout: ParamLayout | None) -> int:
+        key = (param_pos[v], layout.key if layout else None)
+        if key not in slot_of:
+            slot_of[key] = table.num_inputs + table.num_outputs + len(table.param_slots)
+            table.param_slots.append((param_pos[v], layout))
+        return slot_of[key]
+
+    # resolve every node's operand slots first (the table must be complete before emission)
+    operand_slots: list[list[tuple[str, int, Slot | None]]] = []
+    for i, node in enumerate(graph.nodes):
+        ops = []
+        for j, v in enumerate([*node.inputs, *node.outputs]):
+            slot = plan.slots[v]
+            if slot.kind == "param":
+                layout = ctx.layouts.get((i, j)) if j < len(node.inputs) else None
+                ops.append(("table", param_slot(v, layout), None))
+            elif slot.kind == "input":
+                ops.append(("table", slot.index, None))
+            elif slot.kind == "output":
+                ops.append(("table", table.num_inputs + slot.index, None))
+            else:
+                ops.append(("arena", 0, slot))
+        operand_slots.append(ops)
+    for v, _ in plan.copies:
+        if plan.slots[v].kind == "param":
+            param_slot(v, None)
+
+    fn = define(module, ENTRY, [PTR, I64, I64, I64], target, internal=False)
+    kb = KernelBuilder(fn, target)
+    bufs, n, tid, nt = fn.args
+    b = kb.b
+    arena = kb.load(bufs, table.arena_index, PTR)
+    sync = kb.load(bufs, table.sync_index, PTR)
+    barrier = _barrier_fn(module, target)
+
+    def pointer(kind: str, index: int, slot: Slot | None) -> ir.Value:
+        if kind == "table":
+            return kb.load(bufs, index, PTR)
+        offset = kb.i64(slot.fixed_offset)
+        if slot.batched:
+            offset = b.add(kb.i64(plan.fixed_bytes), b.mul(n, kb.i64(slot.per_sample_offset)))
+        return kb.gep(arena, offset, I8)
+
+    first = True
+    for kernel, ops in zip(kernels, operand_slots, strict=True):
+        if kernel is None:
+            continue
+        if not first:
+            b.call(barrier, [sync, nt])
+        first = False
+        b.call(kernel, [pointer(*o) for o in ops] + [n, tid, nt])
+    copy = _copy_fn(module, target)
+    for v, out_index in plan.copies:
+        if not first:
+            b.call(barrier, [sync, nt])
+        first = False
+        slot = plan.slots[v]
+        if slot.kind == "param":
+            src = kb.load(bufs, param_slot(v, None), PTR)
+        elif slot.kind in ("input", "output"):
+            src = kb.load(bufs, slot.index + (table.num_inputs if slot.kind == "output" else 0), PTR)
+        else:
+            src = pointer("arena", 0, slot)
+        dst = kb.load(bufs, table.num_inputs + out_index, PTR)
+        size, batched = nbytes_per_sample(v)
+        nbytes = b.mul(kb.i64(size), n) if batched else kb.i64(size)
+        b.call(copy, [dst, src, nbytes, tid, nt])
+    kb.finish()
+    return module_text(module, target), table
+
+
+def _constants(graph: Graph) -> frozenset:
+    return frozenset(v for node in graph.nodes if node.op == "constant" for v in node.outputs)
+
+
+def _barrier_fn(module: ir.Module, target: Target) -> ir.Function:
+    """Wait until every thread reaches this point (a no-op when running on one thread)."""
+    from kcompile.codegen.llvm.threads import emit_barrier
+    return emit_barrier(module, target)
+
+
+def _copy_fn(module: ir.Module, target: Target) -> ir.Function:
+    fn = define(module, "kc_copy", [PTR, PTR, I64, I64, I64], target)
+    kb = KernelBuilder(fn, target)
+    dst, src, nbytes, tid, nt = fn.args
+    with kb.if_then(kb.b.icmp_signed("==", tid, kb.i64(0))):
+        with kb.loop(kb.i64(0), nbytes, 1, "c") as i:
+            kb.store(kb.load(src, i, I8), dst, i)
+    kb.finish()
+    return fn
+
+
+def compile_graph(graph: Graph, *, target: Target | None = None, dump: str | None = None):
+    """Optimise and compile `graph`; returns a `CompiledGraph` ready for `set_params` + `run`."""
+    from kcompile.codegen.llvm.runtime import CompiledGraph
+
+    load_all()
+    target = target or host_target()
+    sink = dump_sink(graph.name, dump)
+    t0 = time.perf_counter()
+    split = optimize(graph, (lambda name, g: sink.write(f"{name}.ir", str(g))) if sink else None)
+    plan = plan_memory(split.main)
+    key_text = "\n".join([str(split.main), str(split.prepare), repr(_plan_key(plan))])
+    key = hashlib.sha256(key_text.encode()).hexdigest()
+
+    def build() -> tuple[str, dict]:
+        text, table = _emit_module(split, plan, target)
+        return text, {"inputs": table.num_inputs, "outputs": table.num_outputs,
+                      "params": [[i, None if lay is None else [lay.kind, list(lay.args)]]
+                                 for i, lay in table.param_slots]}
+
+    lib, meta, stats = compile_cached(key, build, target, sink)
+    table = BufferTable(meta["inputs"], meta["outputs"],
+                        [(i, None if lay is None else ParamLayout(lay[0], tuple(lay[1])))
+                         for i, lay in meta["params"]])
+    stats.seconds = time.perf_counter() - t0
+    program = Program(split, plan, table, target, key, stats)
+    return CompiledGraph(program, lib)
+
+
+def _plan_key(plan: MemoryPlan) -> tuple:
+    return (plan.fixed_bytes, plan.per_sample_bytes, len(plan.copies))

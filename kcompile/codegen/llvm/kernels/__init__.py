@@ -1,0 +1,12 @@
+"""Kernel families; `load_all` imports them so every lowering is registered."""
+
+from __future__ import annotations
+
+import importlib
+
+_FAMILIES = ("elementwise", "gemm", "fused", "softmax", "reduce", "pool", "conv", "movement", "random")
+
+
+def load_all() -> None:
+    for name in _FAMILIES:
+        importlib.import_module(f"kcompile.codegen.llvm.kernels.{name}")

@@ -1,0 +1,113 @@
+"""What every kernel family shares: the kernel signature, symbolic dims, work splitting, epilogues.
+
+A kernel is an internal LLVM function `(ptr in_0, ..., ptr out, i64 n, i64 tid, i64 nthreads)`:
+`n` is the batch size and (tid, nthreads) select this thread's share of the work. Kernels are
+registered per op in `LOWERINGS`; the elementwise table in `elementwise.py` covers the ops that
+appear as steps of fused programs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from llvmlite import ir
+
+from kcompile.codegen.llvm.builder import I64, PTR, KernelBuilder, define
+from kcompile.codegen.llvm.jit import Target
+from kcompile.ir.core import Node, Value
+
+PACKERS: dict[str, Callable[..., np.ndarray]] = {}
+
+
+def packer(kind: str):
+    def register(fn: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
+        PACKERS[kind] = fn
+        return fn
+
+    return register
+
+
+@dataclass(frozen=True)
+class ParamLayout:
+    """A kernel's wish for a static input, run when weights change: `PACKERS[kind](arr, *args)`.
+    Plain data, so it is stored next to a cached object file."""
+
+    kind: str
+    args: tuple = ()
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind}{self.args}"
+
+    def pack(self, arr: np.ndarray) -> np.ndarray:
+        return PACKERS[self.kind](arr, *self.args)
+
+
+@dataclass
+class KernelContext:
+    module: ir.Module
+    target: Target
+    counter: int = 0
+    layouts: dict[tuple[int, int], ParamLayout] = field(default_factory=dict)  # (node#, input#)
+    node_index: int = 0
+    static: frozenset = frozenset()  # values whose contents are known at bind time (params)
+
+    def new_kernel(self, node: Node, name: str) -> tuple[ir.Function, KernelBuilder, list[ir.Value],
+                                                           ir.Value, ir.Value, ir.Value, ir.Value]:
+        """Declare a kernel for `node`: returns (fn, kb, input ptrs, out ptr, n, tid, nthreads)."""
+        self.counter += 1
+        nin = len(node.inputs)
+        fn = define(self.module, f"k{self.counter}_{name}", [PTR] * (nin + 1) + [I64, I64, I64],
+                    self.target)
+        for arg in fn.args[:nin + 1]:
+            arg.add_attribute("noalias")
+        kb = KernelBuilder(fn, self.target)
+        args = list(fn.args)
+        return fn, kb, args[:nin], args[nin], args[nin + 1], args[nin + 2], args[nin + 3]
+
+    def want_layout(self, input_index: int, layout: ParamLayout) -> None:
+        self.layouts[(self.node_index, input_index)] = layout
+
+    def is_static(self, v: Value) -> bool:
+        return v in self.static
+
+
+LOWERINGS: dict[str, Callable[[KernelContext, Node], ir.Function]] = {}
+
+
+def lowering(*ops: str):
+    def register(fn: Callable[[KernelContext, Node], ir.Function]):
+        for op in ops:
+            LOWERINGS[op] = fn
+        return fn
+
+    return register
+
+
+def dim_values(kb: KernelBuilder, shape: Sequence[int | None], n: ir.Value) -> list[ir.Value]:
+    return [n if d is None else kb.i64(d) for d in shape]
+
+
+def product(kb: KernelBuilder, values: Sequence[ir.Value]) -> ir.Value:
+    out = kb.i64(1)
+    for v in values:
+        out = kb.b.mul(out, v, flags=("nsw",))
+    return out
+
+
+def split_range(kb: KernelBuilder, total: ir.Value, tid: ir.Value, nt: ir.Value,
+                grain: int = 1) -> tuple[ir.Value, ir.Value]:
+    """[lo, hi) of this thread's share of range(total), in multiples of `grain`."""
+    b = kb.b
+    g = kb.i64(grain)
+    chunks = b.sdiv(b.add(total, kb.i64(grain - 1)), g)
+    lo = b.mul(b.sdiv(b.mul(chunks, tid), nt), g)
+    hi = b.mul(b.sdiv(b.mul(chunks, b.add(tid, kb.i64(1))), nt), g)
+    return kb.min_i64(lo, total), kb.min_i64(hi, total)
+
+
+def attrs_of(step: tuple) -> dict[str, Any]:
+    return dict(step[2])

@@ -1,0 +1,131 @@
+"""Running compiled code: prepared weights, the arena, the pointer table and the native call.
+
+Everything that can be done once is done once: the pointer table is a preallocated ctypes array,
+prepared (packed) weights are kept until the weights change, the arena only grows. A call validates
+its inputs (shape, dtype, contiguity -- nothing reaches native code unchecked), allocates its outputs,
+writes a handful of pointers and makes one native call.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Sequence
+
+import numpy as np
+
+from kcompile.codegen.llvm.compiler import ENTRY, Program
+from kcompile.codegen.llvm.jit import Library
+from kcompile.codegen.llvm.threads import ThreadPool, get_pool
+from kcompile.ir.core import format_shape
+from kcompile.ir.interpret import run as interpret
+
+_ENTRY_T = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64)
+
+
+def _address(arr: np.ndarray) -> int:
+    return arr.__array_interface__["data"][0]
+
+
+class CompiledGraph:
+    """A compiled graph: `set_params(model params)` then `run(inputs) -> outputs`."""
+
+    def __init__(self, program: Program, lib: Library, pool: ThreadPool | None = None) -> None:
+        self.program = program
+        self.lib = lib
+        self.graph = program.split.main
+        self.entry_address = lib.address(ENTRY)
+        self._entry = _ENTRY_T(self.entry_address)
+        self.pool = pool or get_pool(target=program.target)
+        table = program.table
+        self._table = (ctypes.c_void_p * table.size)()
+        self._keep: list[np.ndarray] = []
+        self._arena = np.zeros(0, np.uint8)
+        self._arena_batch = -1
+        self._table[table.sync_index] = self.pool.sync_addr
+        self._params_ready = False
+        self._out_types = [v.type for v in self.graph.outputs]
+        self._in_types = [v.type for v in self.graph.inputs]
+
+    @property
+    def stats(self):
+        return self.program.stats
+
+    def set_params(self, params: Sequence[np.ndarray]) -> None:
+        """Run the prepare graph (BatchNorm folding, constants) and pack weights for the kernels."""
+        prepared = interpret(self.program.split.prepare, [], [np.asarray(p) for p in params])
+        table = self.program.table
+        keep = []
+        base = table.num_inputs + table.num_outputs
+        for slot, (index, layout) in enumerate(table.param_slots):
+            arr = prepared[index]
+            if layout is not None:
+                arr = layout.pack(arr)
+            arr = _aligned_copy(arr)
+            keep.append(arr)
+            self._table[base + slot] = _address(arr)
+        self._keep = keep
+        self._params_ready = True
+
+    def _ensure_arena(self, batch: int) -> None:
+        if batch <= self._arena_batch:
+            return
+        nbytes = self.program.plan.arena_bytes(max(batch, 1)) + 64
+        self._arena = np.empty(nbytes, np.uint8)
+        self._arena_batch = batch
+        base = _address(self._arena)
+        self._table[self.program.table.arena_index] = base + (-base % 64)
+
+    def run(self, inputs: Sequence[np.ndarray], nthreads: int | None = None) -> list[np.ndarray]:
+        if not self._params_ready:
+            raise RuntimeError("CompiledGraph.run before set_params")
+        batch = self._check_inputs(inputs)
+        self._ensure_arena(batch)
+        outs = [np.empty(t.with_batch(batch).shape, t.dtype) for t in self._out_types]
+        table = self._table
+        for i, arr in enumerate(inputs):
+            table[i] = _address(arr)
+        base = len(inputs)
+        for i, arr in enumerate(outs):
+            table[base + i] = _address(arr) if arr.size else 0
+        if any(o.size for o in outs):
+            nt = self.pool.nthreads if nthreads is None else min(nthreads, self.pool.nthreads)
+            if nt > 1:
+                self.pool.run(self.pool.sync_addr, self.entry_address, ctypes.addressof(table), batch,
+                              nt)
+            else:
+                self._entry(table, batch, 0, 1)
+        return outs
+
+    def _check_inputs(self, inputs: Sequence[np.ndarray]) -> int:
+        if len(inputs) != len(self._in_types):
+            raise ValueError(f"compiled graph {self.graph.name!r} takes {len(self._in_types)} "
+                             f"input(s), got {len(inputs)}")
+        batch = None
+        for value, t, arr in zip(self.graph.inputs, self._in_types, inputs, strict=True):
+            if not isinstance(arr, np.ndarray):
+                raise TypeError(f"input {value.name!r}: expected a NumPy array, got "
+                                f"{type(arr).__name__}")
+            if arr.dtype.name != t.dtype or not arr.flags.c_contiguous or \
+                    not t.matches(arr.shape) or not arr.flags.aligned:
+                raise ValueError(f"input {value.name!r}: expected a C-contiguous {t.dtype} array of "
+                                 f"shape {format_shape(t.shape)}, got {arr.dtype} "
+                                 f"{format_shape(arr.shape)}"
+                                 + ("" if arr.flags.c_contiguous else " (not contiguous)"))
+            for d, s in zip(t.shape, arr.shape, strict=True):
+                if d is None:
+                    if batch is not None and s != batch:
+                        raise ValueError(f"input {value.name!r}: batch size {s} differs from {batch}")
+                    batch = s
+        return 1 if batch is None else batch
+
+
+def _aligned_copy(arr: np.ndarray) -> np.ndarray:
+    """A 64-byte aligned C-contiguous copy (kernels assume at least element alignment)."""
+    arr = np.asarray(arr)
+    nbytes = max(arr.nbytes, 1)
+    raw = np.empty(nbytes + 64, np.uint8)
+    offset = -_address(raw) % 64
+    out = raw[offset:offset + arr.nbytes].view(arr.dtype).reshape(arr.shape) if arr.nbytes else \
+        np.zeros(arr.shape, arr.dtype)
+    out[...] = arr
+    return out

@@ -172,9 +172,9 @@ class KernelBuilder:
                             [vt, PTR, I32, ir.VectorType(I1, n)])
         self.b.call(fn, [value, self.gep(ptr, index, vt.element), self.i32(4), mask])
 
-    def prefetch(self, ptr: ir.Value, index: ir.Value | int = 0) -> None:
+    def prefetch(self, ptr: ir.Value, index: ir.Value | int = 0, locality: int = 3) -> None:
         fn = self.intrinsic("llvm.prefetch.p0", VOID, [PTR, I32, I32, I32])
-        self.b.call(fn, [self.gep(ptr, index), self.i32(0), self.i32(3), self.i32(1)])
+        self.b.call(fn, [self.gep(ptr, index), self.i32(0), self.i32(locality), self.i32(1)])
 
     # -- arithmetic ----------------------------------------------------------------------------
     def intrinsic(self, name: str, ret: ir.Type, args: Sequence[ir.Type]) -> ir.Function:

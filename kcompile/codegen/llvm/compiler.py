@@ -18,11 +18,14 @@ from kcompile.codegen.llvm.builder import I8, I64, PTR, KernelBuilder, define, m
 from kcompile.codegen.llvm.jit import CompileStats, Target, compile_cached, dump_sink, host_target
 from kcompile.codegen.llvm.kernels import load_all
 from kcompile.codegen.llvm.kernels.common import LOWERINGS, KernelContext, ParamLayout
+from kcompile.codegen.llvm.threads import _TypedCallee
 from kcompile.ir.core import Graph, Node, Value
 from kcompile.ir.passes import StaticSplit, optimize
 from kcompile.ir.passes.memory import MemoryPlan, Slot, nbytes_per_sample, plan_memory
 
 ENTRY = "kc_main"
+PY_ENTRY = "kc_py"
+NDARRAY_DATA_OFFSET = 16  # PyArrayObject_fields.data: after ob_refcnt and ob_type (NumPy C ABI)
 
 
 @dataclass
@@ -152,7 +155,29 @@ def _emit_module(split: StaticSplit, plan: MemoryPlan, target: Target) -> tuple[
         nbytes = b.mul(kb.i64(size), n) if batched else kb.i64(size)
         b.call(copy, [dst, src, nbytes, tid, nt])
     kb.finish()
+    _emit_py_entry(module, target, fn, table)
     return module_text(module, target), table
+
+
+def _emit_py_entry(module: ir.Module, target: Target, main: ir.Function, table: BufferTable) -> None:
+    """`kc_py(table, n, nt, run, sync, arr_0, ..., arr_k)`: the arrays (inputs then outputs) are
+    NumPy array objects; their data pointers go into the table without a Python-level lookup (~1 us
+    each), then the model runs on one thread or through the pool's `run`."""
+    count = table.num_inputs + table.num_outputs
+    fn = define(module, PY_ENTRY, [PTR, I64, I64, PTR, PTR] + [PTR] * count, target, internal=False)
+    kb = KernelBuilder(fn, target)
+    b = kb.b
+    tab, n, nt, run, sync = fn.args[:5]
+    for i, obj in enumerate(fn.args[5:]):
+        data = b.load(kb.gep(obj, NDARRAY_DATA_OFFSET, I8), typ=PTR)
+        b.store(data, kb.gep(tab, i, PTR))
+    with b.if_else(b.icmp_signed(">", nt, kb.i64(1))) as (threaded, single):
+        with threaded:
+            run_t = ir.FunctionType(ir.VoidType(), [PTR, PTR, PTR, I64, I64])
+            b.call(_TypedCallee(run, run_t), [sync, main, tab, n, nt])
+        with single:
+            b.call(main, [tab, n, kb.i64(0), kb.i64(1)])
+    kb.finish()
 
 
 def _constants(graph: Graph) -> frozenset:

@@ -156,8 +156,9 @@ def optimize_and_emit(ir_text: str, target: Target, dump: DumpSink | None = None
     mod.data_layout = str(tm.target_data)
     mod.verify()
     pto = llvm.create_pipeline_tuning_options(speed_level=3)
-    pto.loop_vectorization = True
-    pto.slp_vectorization = True
+    # Kernels are vectorised by hand; the auto-vectorisers only cost compile time.
+    pto.loop_vectorization = os.environ.get("KCOMPILE_AUTOVEC") == "1"
+    pto.slp_vectorization = os.environ.get("KCOMPILE_AUTOVEC") == "1"
     pb = llvm.create_pass_builder(tm, pto)
     pb.getModulePassManager().run(mod, pb)
     if dump is not None:

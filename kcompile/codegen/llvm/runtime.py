@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from kcompile.codegen.llvm.compiler import ENTRY, Program
+from kcompile.codegen.llvm.compiler import ENTRY, NDARRAY_DATA_OFFSET, PY_ENTRY, Program
 from kcompile.codegen.llvm.jit import Library
 from kcompile.codegen.llvm.threads import ThreadPool, get_pool
 from kcompile.ir.core import format_shape
@@ -45,6 +45,16 @@ class CompiledGraph:
         self._params_ready = False
         self._out_types = [v.type for v in self.graph.outputs]
         self._in_types = [v.type for v in self.graph.inputs]
+        count = table.num_inputs + table.num_outputs
+        self._py_entry = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
+                                          ctypes.c_void_p, ctypes.c_void_p,
+                                          *[ctypes.py_object] * count)(lib.address(PY_ENTRY))
+        self._run_addr = ctypes.cast(self.pool.run, ctypes.c_void_p).value if self.pool.run else None
+        # fast-path facts: (dtype, rank, shape after the batch dim) when the batch dim leads
+        self._fast = _FAST_OK and all(t.shape and t.shape[0] is None and None not in t.shape[1:]
+                                      for t in [*self._in_types, *self._out_types])
+        self._in_facts = [(np.dtype(t.dtype), t.rank, t.shape[1:]) for t in self._in_types]
+        self._out_facts = [(np.dtype(t.dtype), t.shape[1:]) for t in self._out_types]
 
     @property
     def stats(self):
@@ -74,6 +84,26 @@ class CompiledGraph:
         self._arena_batch = batch
         base = _address(self._arena)
         self._table[self.program.table.arena_index] = base + (-base % 64)
+
+    def __call__(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """The hot path: checks that cost ~0.1 us per input, one native call."""
+        if self._fast and self._params_ready:
+            batch = -1
+            for arr, (dtype, rank, tail) in zip(inputs, self._in_facts, strict=True):
+                if type(arr) is not np.ndarray or arr.dtype is not dtype or arr.ndim != rank or \
+                        not arr.flags.c_contiguous or arr.shape[1:] != tail or \
+                        (batch >= 0 and arr.shape[0] != batch):
+                    return self.run(inputs)
+                batch = arr.shape[0]
+            if batch > 0 and len(inputs) == len(self._in_facts):
+                if batch > self._arena_batch:
+                    self._ensure_arena(batch)
+                outs = [np.empty((batch, *tail), dtype) for dtype, tail in self._out_facts]
+                nt = self.pool.nthreads
+                self._py_entry(self._table, batch, nt, self._run_addr, self.pool.sync_addr,
+                               *inputs, *outs)
+                return outs
+        return self.run(inputs)
 
     def run(self, inputs: Sequence[np.ndarray], nthreads: int | None = None) -> list[np.ndarray]:
         if not self._params_ready:
@@ -117,6 +147,17 @@ class CompiledGraph:
                         raise ValueError(f"input {value.name!r}: batch size {s} differs from {batch}")
                     batch = s
         return 1 if batch is None else batch
+
+
+def _check_data_offset() -> bool:
+    """The native entry reads an array's data pointer at a fixed offset of the object (NumPy's C
+    ABI); confirm it on this interpreter, else use the slower pointer lookups."""
+    probe = np.arange(3, dtype=np.float32)
+    raw = ctypes.c_void_p.from_address(id(probe) + NDARRAY_DATA_OFFSET).value
+    return raw == _address(probe)
+
+
+_FAST_OK = _check_data_offset()
 
 
 def _aligned_copy(arr: np.ndarray) -> np.ndarray:

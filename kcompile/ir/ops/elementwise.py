@@ -61,7 +61,7 @@ defop("bias_add", infer=_bias_add_infer, ref=lambda x, b: x + b, num_inputs=2,
 
 # --- unary math and activations -------------------------------------------------------------------
 def _float_unary_infer(name: str):
-    def infer(x: TensorType) -> TensorType:
+    def infer(x: TensorType, **_attrs) -> TensorType:
         require_float(name, x)
         return x
 

@@ -146,14 +146,33 @@ def _micro_kernel(ctx: KernelContext, node: Node, plan: GemmPlan, program: tuple
     extras = list(fn.args[5:])
     vw, k_dim, n_dim = plan.vw, plan.k, plan.n
     stride = nvec * vw  # the panel's row stride (the last panel is packed narrower)
-    accs = [[kb.var(kb.vec_type(), kb.vconst(0.0)) for _ in range(nvec)] for _ in range(rows)]
+    # Few rows leave the FMA latency exposed (one chain per accumulator): split K over `ksplit`
+    # accumulator sets and add them at the end.
+    ksplit = max(1, min(4, 12 // (rows * nvec)))
+    ksplit = ksplit if k_dim >= 4 * ksplit else 1
+    sets = [[[kb.var(kb.vec_type(), kb.vconst(0.0)) for _ in range(nvec)] for _ in range(rows)]
+            for _ in range(ksplit)]
     a_rows = [kb.gep(a_ptr, b.mul(b.add(row0, kb.i64(r)), kb.i64(k_dim))) for r in range(rows)]
-    with kb.loop(kb.i64(0), kb.i64(k_dim), 1, "k") as k:
-        bvals = [kb.vload(b_ptr, b.add(b.mul(k, kb.i64(stride)), kb.i64(v * vw))) for v in range(nvec)]
+    k_main = k_dim - k_dim % ksplit
+
+    def step(k: ir.Value, accs: list) -> None:
+        brow = b.mul(k, kb.i64(stride))
+        bvals = [kb.vload(b_ptr, b.add(brow, kb.i64(v * vw))) for v in range(nvec)]
         for r in range(rows):
             av = kb.splat(kb.load(a_rows[r], k))
             for v in range(nvec):
                 kb.set(accs[r][v], kb.fma(av, bvals[v], kb.get(accs[r][v])))
+
+    with kb.loop(kb.i64(0), kb.i64(k_main), ksplit, "k") as k0:
+        for s_ in range(ksplit):
+            step(b.add(k0, kb.i64(s_)), sets[s_])
+    for kk in range(k_main, k_dim):
+        step(kb.i64(kk), sets[0])
+    accs = sets[0]
+    for extra in sets[1:]:
+        for r in range(rows):
+            for v in range(nvec):
+                kb.set(accs[r][v], b.fadd(kb.get(accs[r][v]), kb.get(extra[r][v])))
     for r in range(rows):
         row = b.add(row0, kb.i64(r))
         for v in range(nvec):

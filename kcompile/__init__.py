@@ -5,6 +5,7 @@ initializers, ops, utils.
 """
 
 from kcompile import activations, datasets, initializers, layers, ops, utils
+from kcompile.compare import CompareReport, compare
 from kcompile.layers import Input, InputSpec, KerasTensor, Layer
 from kcompile.models import Functional, Model, Sequential
 from kcompile.variables import Variable
@@ -12,6 +13,6 @@ from kcompile.variables import Variable
 __version__ = "0.1.0"
 
 __all__ = [
-    "Functional", "Input", "InputSpec", "KerasTensor", "Layer", "Model", "Sequential", "Variable",
-    "__version__", "activations", "datasets", "initializers", "layers", "ops", "utils",
+    "CompareReport", "Functional", "Input", "InputSpec", "KerasTensor", "Layer", "Model", "Sequential", "Variable",
+    "__version__", "activations", "compare", "datasets", "initializers", "layers", "ops", "utils",
 ]

@@ -10,6 +10,16 @@ from kcompile.ir.core import canonical_dtype, format_shape
 from kcompile.tensor_ops import TensorOps
 
 
+class _Epoch:
+    """Bumped by every `assign`: compiled models repack their weights when it moved (one int
+    comparison per call instead of one per variable)."""
+
+    value = 0
+
+
+EPOCH = _Epoch()
+
+
 class Variable(TensorOps):
     """A layer weight. Executors read `.value` at run time; tracing turns it into a graph param."""
 
@@ -47,6 +57,7 @@ class Variable(TensorOps):
         if arr.dtype.kind not in "fiub":
             raise TypeError(f"Variable '{self.path}': cannot assign values of dtype {arr.dtype}")
         self._value[...] = arr
+        EPOCH.value += 1
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         return self._value if dtype is None else self._value.astype(dtype)

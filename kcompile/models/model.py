@@ -9,6 +9,7 @@ import numpy as np
 
 from kcompile import random_state, tree
 from kcompile.layers.base import KerasTensor, Layer
+from kcompile.models.executor import CompiledExecutor, build_executor
 from kcompile.models.lowering import InputSig, Lowered, execute, lower, prepare_inputs
 from kcompile.tracing import Tracer, current_builder
 
@@ -32,8 +33,46 @@ class Model(Layer):
                              "keras.Model(inputs, outputs) or define call()")
         super().__init__(**kwargs)
         self._lowered: dict[tuple, Lowered] = {}
+        self._executors: dict[tuple, CompiledExecutor | None] = {}
+        self._fast: CompiledExecutor | None = None
+        self._jit_compile = True
+        self._jit_explicit = False
+        self.compiled = False
         self._rng_seed = random_state.draw_seed()
         self._rng_step = 0
+
+    # -- compilation ---------------------------------------------------------------------------
+    def compile(self, optimizer: Any = "rmsprop", loss: Any = None, loss_weights: Any = None,
+                metrics: Any = None, weighted_metrics: Any = None, run_eagerly: bool = False,
+                steps_per_execution: int = 1, jit_compile: Any = "auto",
+                auto_scale_loss: bool = True) -> None:
+        """Keras's signature. `jit_compile=True`/"auto" (default) runs LLVM-compiled code,
+        `jit_compile=False` or `run_eagerly=True` the NumPy eager executor."""
+        if jit_compile not in (True, False, "auto"):
+            raise ValueError(f"compile: jit_compile must be True, False or 'auto', got "
+                             f"{jit_compile!r}")
+        if not isinstance(run_eagerly, bool):
+            raise TypeError(f"compile: run_eagerly must be a bool, got {run_eagerly!r}")
+        self._jit_compile = jit_compile is not False and not run_eagerly
+        self._jit_explicit = jit_compile is True and not run_eagerly
+        self.optimizer, self.loss, self.metrics_config = optimizer, loss, metrics
+        self.loss_weights, self.weighted_metrics = loss_weights, weighted_metrics
+        self.steps_per_execution = steps_per_execution
+        self.compiled = True
+        self._executors.clear()
+        self._fast = None
+
+    @property
+    def jit_compile(self) -> bool:
+        return self._jit_compile
+
+    def _executor_for(self, sigs: Sequence[InputSig], structure: Any, training: bool
+                      ) -> CompiledExecutor | None:
+        key = (tuple(sigs), repr(structure), training)
+        if key not in self._executors:
+            lowered = self._lowered_for(sigs, structure, training)
+            self._executors[key] = build_executor(lowered, self.name, self._jit_explicit)
+        return self._executors[key]
 
     # -- structure -----------------------------------------------------------------------------
     @property
@@ -86,6 +125,11 @@ class Model(Layer):
 
     # -- execution -----------------------------------------------------------------------------
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        fast = self._fast
+        if fast is not None and len(args) == 1 and not kwargs and type(args[0]) is np.ndarray:
+            out = fast.fast(args[0])
+            if out is not None:
+                return out
         inputs = args[0] if args else kwargs.get("inputs")
         symbolic = any(isinstance(x, KerasTensor | Tracer) for x in tree.flatten(inputs))
         if symbolic or current_builder() is not None:
@@ -102,6 +146,8 @@ class Model(Layer):
 
     def _invalidate(self) -> None:
         self._lowered.clear()
+        self._executors.clear()
+        self._fast = None
 
     def _run(self, x: Any, training: bool = False) -> Any:
         sigs, structure = self.input_signature(x)
@@ -115,7 +161,14 @@ class Model(Layer):
         if lowered.needs_rng_key:
             key = np.array([self._rng_seed, self._rng_step], np.uint32)
             self._rng_step += 1
-        outs = execute(lowered, arrays, key)
+        executor = self._executor_for(sigs, structure, training) if self._jit_compile else None
+        if executor is not None:
+            outs = executor.run(arrays, key)
+            if executor.single_io and not training and self._fast is None and \
+                    isinstance(structure, int):
+                self._fast = executor
+        else:
+            outs = execute(lowered, arrays, key)
         self.built = True
         return tree.pack_as(self._output_structure(lowered), outs)
 

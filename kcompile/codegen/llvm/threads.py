@@ -37,6 +37,7 @@ GEN, BAR_COUNT, BAR_GEN, DONE = 0, 64, 128, 192
 ENTRY_FN, BUFS, N, STOP, SLEEPERS = 256, 264, 272, 320, 384
 SYNC_BYTES = 448
 SPIN_ITERATIONS = 20000
+YIELD_EVERY = 4096
 _SYS_FUTEX = {"x86_64": 202, "aarch64": 98}
 _FUTEX_WAIT_PRIVATE, _FUTEX_WAKE_PRIVATE = 128, 129
 
@@ -73,8 +74,22 @@ def emit_barrier(module: ir.Module, target: Target) -> ir.Function:
     return fn
 
 
+def _backoff(kb: KernelBuilder, spins: ir.Value) -> None:
+    """pause; every YIELD_EVERY spins give the core away, so an oversubscribed machine (another
+    process on our cores) degrades gracefully instead of spinning against a preempted peer."""
+    b = kb.b
+    _pause(kb)
+    count = b.add(kb.get(spins), kb.i64(1))
+    kb.set(spins, count)
+    with kb.if_then(b.icmp_signed("==", b.srem(count, kb.i64(YIELD_EVERY)), kb.i64(0))):
+        fn = kb.module.globals.get("sched_yield") or ir.Function(
+            kb.module, ir.FunctionType(I32, []), name="sched_yield")
+        b.call(fn, [])
+
+
 def _spin_while_equal(kb: KernelBuilder, ptr: ir.Value, value: ir.Value, typ: ir.Type) -> None:
     b = kb.b
+    spins = kb.var(I64, kb.i64(0))
     head = kb.fn.append_basic_block("spin.head")
     body = kb.fn.append_basic_block("spin.body")
     done = kb.fn.append_basic_block("spin.done")
@@ -83,7 +98,7 @@ def _spin_while_equal(kb: KernelBuilder, ptr: ir.Value, value: ir.Value, typ: ir
     cur = b.load_atomic(ptr, "acquire", typ.width // 8, typ=typ)
     b.cbranch(b.icmp_unsigned("==", cur, value), body, done)
     b.position_at_end(body)
-    _pause(kb)
+    _backoff(kb, spins)
     b.branch(head)
     b.position_at_end(done)
 
@@ -189,6 +204,7 @@ class _TypedCallee(ir.Value):
 
 def _spin_until(kb: KernelBuilder, ptr: ir.Value, value: ir.Value) -> None:
     b = kb.b
+    spins = kb.var(I64, kb.i64(0))
     head = kb.fn.append_basic_block("wait.head")
     body = kb.fn.append_basic_block("wait.body")
     done = kb.fn.append_basic_block("wait.done")
@@ -197,7 +213,7 @@ def _spin_until(kb: KernelBuilder, ptr: ir.Value, value: ir.Value) -> None:
     cur = b.load_atomic(ptr, "acquire", 8, typ=I64)
     b.cbranch(b.icmp_signed("<", cur, value), body, done)
     b.position_at_end(body)
-    _pause(kb)
+    _backoff(kb, spins)
     b.branch(head)
     b.position_at_end(done)
 

@@ -76,7 +76,8 @@ def bench_inference(model, batches, quick: bool) -> list[dict]:
         fns = {"compiled": lambda x=x: model(x), "onnxruntime": lambda x=x: sess.run(None, {"x": x})}
         med = interleaved(fns, rounds)
         eager_calls = 1 if work > 5e7 else 3
-        med["eager"] = float(np.median(_timer(lambda x=x: execute(lowered, [x]), eager_calls * 2)))
+        med["eager"] = float(np.median(_timer(lambda x=x, lw=lowered: execute(lw, [x]),
+                                              eager_calls * 2)))
         rows.append({"model": model.name, "batch": batch, **med, "gflops": work / med["compiled"] / 1e9,
                      "ort_gflops": work / med["onnxruntime"] / 1e9, "max_abs_vs_ort": err})
     return rows
@@ -132,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     rows += bench_inference(models.convnet(), [1, 128], args.quick)
     table = format_rows(rows)
     comp = [bench_compile(models.convnet), bench_compile(models.mlp)]
-    ctable = "\n".join(["| model | cold compile | of which LLVM | from disk cache |", "|---|---:|---:|---:|"] +
+    header = ["| model | cold compile | of which LLVM | from disk cache |", "|---|---:|---:|---:|"]
+    ctable = "\n".join(header +
                        [f"| {c['model']} | {c['cold_s'] * 1e3:.0f} ms | {c['llvm_s'] * 1e3:.0f} ms | "
                         f"{c['cached_s'] * 1e3:.1f} ms |" for c in comp])
     print(table)

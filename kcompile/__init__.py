@@ -13,6 +13,7 @@ from kcompile.variables import Variable
 __version__ = "0.1.0"
 
 __all__ = [
-    "CompareReport", "Functional", "Input", "InputSpec", "KerasTensor", "Layer", "Model", "Sequential", "Variable",
+    "CompareReport", "Functional", "Input", "InputSpec", "KerasTensor", "Layer", "Model", "Sequential",
+    "Variable",
     "__version__", "activations", "compare", "datasets", "initializers", "layers", "ops", "utils",
 ]

@@ -191,7 +191,12 @@ def compile_cached(content_key: str, build_ir, target: Target, dump: DumpSink | 
     if path is not None and path.is_file() and dump is None:
         try:
             meta = json.loads(path.with_suffix(".json").read_text())
-            lib = Library(path.read_bytes(), target)
+            obj = path.read_bytes()
+            # LLVM's object loader trusts its input (a damaged file can crash the process), so
+            # only an object whose hash matches the one recorded at write time is loaded.
+            if meta.get("_object_sha256") != hashlib.sha256(obj).hexdigest():
+                raise ValueError("cached object does not match its checksum")
+            lib = Library(obj, target)
             stats.cached = True
             stats.seconds = time.perf_counter() - t0
             return lib, meta, stats
@@ -204,6 +209,7 @@ def compile_cached(content_key: str, build_ir, target: Target, dump: DumpSink | 
     obj = optimize_and_emit(ir_text, target, dump)
     stats.ir_seconds, stats.llvm_seconds = t1 - t0, time.perf_counter() - t1
     if path is not None:
+        meta = {**meta, "_object_sha256": hashlib.sha256(obj).hexdigest()}
         _atomic_write(path.with_suffix(".json"), json.dumps(meta).encode())
         _atomic_write(path, obj)
     lib = Library(obj, target)

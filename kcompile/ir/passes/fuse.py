@@ -86,6 +86,9 @@ def fuse(graph: Graph) -> Graph:
                 del groups[target.out]
                 target.absorb(node)
                 groups[target.out] = target
+                # the group now runs where its last node was: its new operands are defined by then
+                order.remove(target)
+                order.append(target)
                 continue
         if is_fusable_elementwise(node) or (node.op in ANCHORS and len(node.outputs) == 1):
             g = _Group(node)

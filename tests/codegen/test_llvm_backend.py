@@ -1,0 +1,178 @@
+"""The LLVM backend's machinery: op coverage, generated code, the object cache, dumps, ISAs,
+threads and allocations."""
+
+from __future__ import annotations
+
+import re
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import kcompile as keras
+from kcompile import layers
+from kcompile.codegen.llvm.compiler import compile_graph
+from kcompile.codegen.llvm.jit import emit_assembly, host_target
+from kcompile.codegen.llvm.kernels import load_all
+from kcompile.codegen.llvm.kernels.common import LOWERINGS
+from kcompile.codegen.llvm.kernels.elementwise import ELEMENTWISE
+from kcompile.ir.core import Graph, TensorType
+from kcompile.ir.interpret import run as interpret
+from kcompile.ir.opdef import all_ops
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("KCOMPILE_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def _mlp(seed: int = 0):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([layers.Input((37,)), layers.Dense(70, activation="relu"),
+                             layers.Dense(19, activation="softmax")])
+
+
+def _lowered(model, x, training=False):
+    sigs, st = model.input_signature(x)
+    return model._lowered_for(sigs, st, training)
+
+
+def test_every_op_has_an_llvm_lowering() -> None:
+    load_all()
+    covered = set(LOWERINGS) | set(ELEMENTWISE) | {"fused"}
+    missing = sorted(set(all_ops()) - covered)
+    assert not missing, f"ops without an LLVM lowering: {missing}"
+
+
+def test_gemm_uses_512_bit_fmas_on_avx512() -> None:
+    target = host_target()
+    if target.isa != "avx512":
+        pytest.fail(f"this test pins the AVX-512 GEMM; host ISA is {target.isa}")
+    g = Graph(name="gemm")
+    x = g.add_input(TensorType((None, 256)), "x")
+    w = g.add_param(TensorType((256, 128)), "w")
+    g.outputs = g.add_node("matmul", [x, w])
+    from kcompile.codegen.llvm.compiler import _emit_module
+    from kcompile.ir.passes import optimize
+    from kcompile.ir.passes.memory import plan_memory
+
+    split = optimize(g)
+    text, _ = _emit_module(split, plan_memory(split.main), target)
+    asm = emit_assembly(text, target)
+    fmas = re.findall(r"vfmadd\d+ps\s+[^\n]*zmm", asm)
+    assert len(fmas) >= 24, f"expected the 6x64 register tile (24 zmm FMAs), found {len(fmas)}"
+
+
+def test_one_compile_serves_every_batch_size() -> None:
+    model = _mlp()
+    lw = _lowered(model, np.zeros((1, 37), np.float32))
+    cg = compile_graph(lw.graph)
+    params = [v.value for v in lw.variables]
+    cg.set_params(params)
+    rng = np.random.default_rng(1)
+    for batch in (1, 5, 6, 7, 64, 1031):
+        x = rng.standard_normal((batch, 37), dtype=np.float32)
+        np.testing.assert_allclose(cg.run([x])[0], interpret(lw.graph, [x], params)[0],
+                                   rtol=1e-4, atol=1e-5)
+    assert cg.run([np.zeros((0, 37), np.float32)])[0].shape == (0, 19)
+
+
+def test_object_cache_hit_and_corruption(tmp_path) -> None:
+    model = _mlp(1)
+    lw = _lowered(model, np.zeros((1, 37), np.float32))
+    cold = compile_graph(lw.graph)
+    warm = compile_graph(lw.graph)
+    assert not cold.stats.cached and warm.stats.cached
+    objects = list((tmp_path / "cache").glob("*.o"))
+    assert objects, "no object was written to the cache"
+    for obj in objects:
+        obj.write_bytes(b"garbage")  # a damaged entry must be rebuilt, never loaded
+    again = compile_graph(lw.graph)
+    assert not again.stats.cached
+    again.set_params([v.value for v in lw.variables])
+    x = np.ones((3, 37), np.float32)
+    np.testing.assert_allclose(again.run([x])[0], model.predict(x), rtol=1e-4, atol=1e-5)
+
+
+def test_dump_writes_ir_after_each_pass_llvm_and_assembly(tmp_path) -> None:
+    model = keras.Sequential([layers.Input((6, 6, 2)), layers.Conv2D(4, 3, activation="relu"),
+                              layers.BatchNormalization(), layers.Flatten(), layers.Dense(3)])
+    lw = _lowered(model, np.zeros((1, 6, 6, 2), np.float32))
+    compile_graph(lw.graph, dump=str(tmp_path / "dump"))
+    files = {p.name for p in (tmp_path / "dump").rglob("*") if p.is_file()}
+    assert {"module.ll", "module.opt.ll", "module.s"} <= files
+    assert any(name.endswith("-fuse.ir") for name in files)
+    assert any(name.endswith("-fold_batchnorm.ir") for name in files)
+
+
+@pytest.mark.parametrize("isa", ["avx2", "generic"])
+def test_narrower_isas_compute_the_same(isa: str) -> None:
+    model = keras.Sequential([layers.Input((9, 9, 3)), layers.Conv2D(17, 3, padding="same",
+                                                                     activation="gelu"),
+                              layers.MaxPooling2D(), layers.Flatten(), layers.Dense(5, activation="tanh")])
+    x = np.random.default_rng(2).standard_normal((4, 9, 9, 3), dtype=np.float32)
+    lw = _lowered(model, x)
+    cg = compile_graph(lw.graph, target=host_target(isa))
+    cg.set_params([v.value for v in lw.variables])
+    np.testing.assert_allclose(cg.run([x])[0], interpret(lw.graph, [x], [v.value for v in
+                                                                         lw.variables])[0],
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_one_and_two_threads_agree() -> None:
+    model = _mlp(3)
+    x = np.random.default_rng(3).standard_normal((50, 37), dtype=np.float32)
+    lw = _lowered(model, x)
+    cg = compile_graph(lw.graph)
+    cg.set_params([v.value for v in lw.variables])
+    np.testing.assert_array_equal(cg.run([x], nthreads=1)[0], cg.run([x], nthreads=2)[0])
+
+
+def test_steady_state_predict_allocates_only_outputs() -> None:
+    model = _mlp(4)
+    x = np.random.default_rng(4).standard_normal((32, 37), dtype=np.float32)
+    for _ in range(3):
+        model(x)
+    tracemalloc.start()
+    try:
+        before, _ = tracemalloc.get_traced_memory()
+        kept = [model(x) for _ in range(20)]
+        after, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    out_bytes = sum(k.nbytes for k in kept)
+    assert after - before <= out_bytes + 20 * 512, (after - before, out_bytes)
+    assert peak - before <= out_bytes + 64 * 1024
+
+
+def test_weights_changed_after_compile_are_used() -> None:
+    model = _mlp(5)
+    x = np.ones((2, 37), np.float32)
+    first = model(x)
+    w = model.get_weights()
+    w[2] = w[2] * 0
+    model.set_weights(w)
+    second = model(x)
+    np.testing.assert_allclose(second, np.full((2, 19), 1 / 19, np.float32), rtol=1e-5)
+    assert not np.allclose(first, second)
+
+
+def test_jit_compile_false_runs_eagerly_and_agrees() -> None:
+    model = _mlp(6)
+    x = np.random.default_rng(6).standard_normal((9, 37), dtype=np.float32)
+    model.compile(jit_compile=False)
+    assert not model.jit_compile
+    eager = model.predict(x)
+    model.compile(jit_compile=True)
+    np.testing.assert_allclose(model.predict(x), eager, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="jit_compile"):
+        model.compile(jit_compile="yes")
+
+
+def test_compare_reports_errors_and_times(capsys) -> None:
+    model = _mlp(7)
+    report = keras.compare(model, np.random.default_rng(7).standard_normal((16, 37)))
+    assert report.ok()
+    assert report.outputs[0].shape == (16, 19) and report.outputs[0].max_abs < 1e-5
+    assert report.eager_seconds > 0 and report.compiled_seconds > 0
+    assert "max abs err" in capsys.readouterr().out

@@ -41,9 +41,9 @@ def _compile(name: str, isa: str | None = None):
         buf = np.concatenate([values, np.zeros(pad, np.float32)])
         out = np.empty_like(buf)
         cfn(buf.ctypes.data, out.ctypes.data, len(buf))
-        lib  # keep the code alive while calling
         return out[:len(values)]
 
+    apply.lib = lib  # the code lives as long as the function
     return apply
 
 

@@ -31,6 +31,14 @@ def test_demo_runs(capsys) -> None:
     assert "Total params: 21,386" in out
     assert "rows sum to 1: True" in out
     assert "= matmul(" in out  # the traced IR is printed
+    assert out.count("kcompile.compare:") == 2 and "LLVM-compiled" in out
+
+
+def test_bench_reports_cold_and_cached_compile(capsys, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("KCOMPILE_CACHE_DIR", str(tmp_path))
+    assert main(["bench", "--model", "seed-mlp", "--batch", "3", "--repeats", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "ms cold" in out and "from the on-disk cache" in out and "max abs err" in out
 
 
 def test_console_script_entry_point() -> None:

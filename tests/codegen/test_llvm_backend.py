@@ -176,3 +176,43 @@ def test_compare_reports_errors_and_times(capsys) -> None:
     assert report.outputs[0].shape == (16, 19) and report.outputs[0].max_abs < 1e-5
     assert report.eager_seconds > 0 and report.compiled_seconds > 0
     assert "max abs err" in capsys.readouterr().out
+
+
+def test_concurrent_calls_from_python_threads() -> None:
+    import threading
+
+    model = _mlp(8)
+    xs = [np.random.default_rng(i).standard_normal((3 + i, 37), dtype=np.float32) for i in range(4)]
+    want = [model.predict(x) for x in xs]
+    errors = []
+
+    def worker(i: int) -> None:
+        for _ in range(50):
+            if not np.allclose(model(xs[i]), want[i], rtol=1e-5, atol=1e-6):
+                errors.append(i)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+
+
+def test_compiled_model_works_in_a_forked_child() -> None:
+    import multiprocessing as mp
+
+    model = _mlp(9)
+    x = np.random.default_rng(9).standard_normal((8, 37), dtype=np.float32)
+    want = model(x)  # compiled, and the parent's worker threads exist now
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child_predict, args=(model, x, queue))
+    proc.start()
+    proc.join(60)
+    assert proc.exitcode == 0, "the forked child crashed or hung"
+    np.testing.assert_allclose(queue.get(timeout=5), want, rtol=1e-6)
+
+
+def _child_predict(model, x, queue) -> None:
+    queue.put(model(x))

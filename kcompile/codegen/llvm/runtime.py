@@ -101,12 +101,15 @@ class CompiledGraph:
                     return None
                 batch = arr.shape[0]
             if batch > 0 and len(inputs) == len(self._in_facts):
-                if batch > self._arena_batch:
-                    self._ensure_arena(batch)
+                pool = self.pool
+                if not pool.alive:
+                    return None
                 outs = [np.empty((batch, *tail), dtype) for dtype, tail in self._out_facts]
-                nt = self.pool.nthreads
-                self._py_entry(self._table, batch, nt, self._run_addr, self.pool.sync_addr,
-                               *inputs, *outs)
+                with pool.lock:  # the arena, the pointer table and the pool are shared state
+                    if batch > self._arena_batch:
+                        self._ensure_arena(batch)
+                    self._py_entry(self._table, batch, pool.nthreads, self._run_addr, pool.sync_addr,
+                                   *inputs, *outs)
                 return outs
         return None
 
@@ -114,8 +117,21 @@ class CompiledGraph:
         if not self._params_ready:
             raise RuntimeError("CompiledGraph.run before set_params")
         batch = self._check_inputs(inputs)
-        self._ensure_arena(batch)
+        if not self.pool.alive:
+            self._rebind_pool()
         outs = [np.empty(t.with_batch(batch).shape, t.dtype) for t in self._out_types]
+        with self.pool.lock:
+            self._run_locked(inputs, outs, batch, nthreads)
+        return outs
+
+    def _rebind_pool(self) -> None:
+        """After fork: this process gets its own workers."""
+        self.pool = get_pool(target=self.program.target)
+        self._table[self.program.table.sync_index] = self.pool.sync_addr
+        self._run_addr = ctypes.cast(self.pool.run, ctypes.c_void_p).value if self.pool.run else None
+
+    def _run_locked(self, inputs, outs, batch: int, nthreads: int | None) -> None:
+        self._ensure_arena(batch)
         table = self._table
         for i, arr in enumerate(inputs):
             table[i] = _address(arr)
@@ -129,7 +145,6 @@ class CompiledGraph:
                               nt)
             else:
                 self._entry(table, batch, 0, 1)
-        return outs
 
     def _check_inputs(self, inputs: Sequence[np.ndarray]) -> int:
         if len(inputs) != len(self._in_types):

@@ -14,7 +14,6 @@ Sync block layout (one cache line per field, bytes): 0 generation (i32, the fute
 from __future__ import annotations
 
 import ctypes
-import functools
 import os
 import threading
 
@@ -239,6 +238,8 @@ class ThreadPool:
 
     def __init__(self, nthreads: int, target: Target) -> None:
         self.nthreads = nthreads
+        self.alive = True  # False in a forked child, where the workers do not exist
+        self.lock = threading.Lock()  # one model call at a time uses the sync block
         self._sync = np.zeros(SYNC_BYTES // 8 + 8, np.int64)
         base = self._sync.ctypes.data
         self.sync_addr = base + (-base % 64)
@@ -259,13 +260,27 @@ class ThreadPool:
 
 
 _lock = threading.Lock()
-
-
-@functools.cache
-def _pool_for(nthreads: int, target: Target) -> ThreadPool:
-    return ThreadPool(nthreads, target)
+_pools: dict[tuple[int, Target], ThreadPool] = {}
 
 
 def get_pool(nthreads: int | None = None, target: Target | None = None) -> ThreadPool:
+    key = (nthreads or default_threads(), target or host_target())
     with _lock:
-        return _pool_for(nthreads or default_threads(), target or host_target())
+        pool = _pools.get(key)
+        if pool is None or not pool.alive:
+            pool = _pools[key] = ThreadPool(*key)
+        return pool
+
+
+def _after_fork_in_child() -> None:
+    """Threads do not survive fork: mark every pool dead so the child starts its own."""
+    global _lock
+    _lock = threading.Lock()
+    for pool in _pools.values():
+        pool.alive = False
+        pool.lock = threading.Lock()
+    _pools.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

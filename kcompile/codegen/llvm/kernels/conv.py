@@ -112,20 +112,26 @@ def emit_conv(ctx: KernelContext, node: Node, program: tuple) -> ir.Function:
                     with kb.loop(kb.i64(ow0), kb.i64(ow1), 1, "bw") as ow:
                         call("checked", 1, nvec, edge, [ins[0], wpanel, out, img, oh, ow, col0])
 
-                with b.if_else(interior_row) as (inner, outer):
-                    with inner:
-                        border(0, plan.ow_lo)
-                        span = plan.ow_hi - plan.ow_lo
-                        full = span - span % MR
-                        if full:
-                            with kb.loop(kb.i64(plan.ow_lo), kb.i64(plan.ow_lo + full), MR, "ow") as ow:
-                                call("fast", MR, nvec, edge, [ins[0], wpanel, out, img, oh, ow, col0])
-                        if span % MR:
-                            call("fast", span % MR, nvec, edge,
-                                 [ins[0], wpanel, out, img, oh, kb.i64(plan.ow_lo + full), col0])
-                        border(plan.ow_hi, plan.ow)
-                    with outer:
-                        border(0, plan.ow)
+                def interior() -> None:
+                    border(0, plan.ow_lo)
+                    span = plan.ow_hi - plan.ow_lo
+                    full = span - span % MR
+                    if full:
+                        with kb.loop(kb.i64(plan.ow_lo), kb.i64(plan.ow_lo + full), MR, "ow") as ow:
+                            call("fast", MR, nvec, edge, [ins[0], wpanel, out, img, oh, ow, col0])
+                    if span % MR:
+                        call("fast", span % MR, nvec, edge,
+                             [ins[0], wpanel, out, img, oh, kb.i64(plan.ow_lo + full), col0])
+                    border(plan.ow_hi, plan.ow)
+
+                if plan.oh_lo == 0 and plan.oh_hi == plan.oh:  # no border rows ('valid')
+                    interior()
+                else:
+                    with b.if_else(interior_row) as (inner, outer):
+                        with inner:
+                            interior()
+                        with outer:
+                            border(0, plan.ow)
 
             edge = plan.co % plan.vw != 0
             if plan.panels == 1:

@@ -14,7 +14,7 @@ from typing import Any
 from llvmlite import ir
 
 from kcompile.codegen.llvm import mathfn
-from kcompile.codegen.llvm.builder import KernelBuilder, llvm_type
+from kcompile.codegen.llvm.builder import KernelBuilder, define, llvm_type
 from kcompile.codegen.llvm.kernels.common import (
     KernelContext,
     dim_values,
@@ -30,6 +30,27 @@ def _relu(kb: KernelBuilder, x: ir.Value) -> ir.Value:
     return kb.b.select(kb.b.fcmp_ordered("<", x, zero), zero, x)  # NaN stays NaN, like np.maximum
 
 
+def _outlined(name: str, emit: Callable[..., ir.Value]) -> Callable[..., ir.Value]:
+    """Emit a transcendental once per module and vector type as a `noinline` function: it is
+    called once per output vector in epilogues, and inlining it into every GEMM/conv variant
+    multiplied compile time for nothing."""
+
+    def call(kb: KernelBuilder, x: ir.Value, **attrs) -> ir.Value:
+        suffix = "_".join(f"{k}{int(v)}" for k, v in sorted(attrs.items()))
+        width = x.type.count if isinstance(x.type, ir.VectorType) else 1
+        fname = f"kc_{name}_v{width}{'_' + suffix if suffix else ''}"
+        fn = kb.module.globals.get(fname)
+        if fn is None:
+            fn = define(kb.module, fname, [x.type], kb.target, ret=x.type)
+            fn.attributes.add("noinline")
+            inner = KernelBuilder(fn, kb.target)
+            inner.b.ret(emit(inner, fn.args[0], **attrs))
+            inner.finish()
+        return kb.b.call(fn, [x])
+
+    return call
+
+
 ELEMENTWISE: dict[str, Callable[..., ir.Value]] = {
     "add": lambda kb, a, b: kb.b.fadd(a, b),
     "bias_add": lambda kb, a, b: kb.b.fadd(a, b),
@@ -39,12 +60,12 @@ ELEMENTWISE: dict[str, Callable[..., ir.Value]] = {
     "maximum": lambda kb, a, b: kb.fmax(a, b),
     "neg": lambda kb, a: kb.b.fneg(a),
     "relu": _relu,
-    "sigmoid": mathfn.sigmoid,
-    "tanh": mathfn.tanh,
-    "exp": mathfn.exp,
-    "log": mathfn.log,
+    "sigmoid": _outlined("sigmoid", mathfn.sigmoid),
+    "tanh": _outlined("tanh", mathfn.tanh),
+    "exp": _outlined("exp", mathfn.exp),
+    "log": _outlined("log", mathfn.log),
     "sqrt": lambda kb, a: kb.sqrt(a),
-    "gelu": lambda kb, a, approximate=False: mathfn.gelu(kb, a, approximate),
+    "gelu": _outlined("gelu", lambda kb, a, approximate=False: mathfn.gelu(kb, a, approximate)),
 }
 
 

@@ -56,7 +56,7 @@ def run(graph: Graph, inputs: Sequence[np.ndarray], params: Sequence[np.ndarray]
             if arr.dtype.name != value.dtype:
                 raise AssertionError(f"{node.op}: ref returned {arr.dtype}, infer said {value.dtype}")
             env[value] = arr
-        for v in node.inputs:
+        for v in set(node.inputs):  # a node may use one value twice (x * x)
             if last_use.get(v) == i and v not in keep:
                 del env[v]
     return [env[v] for v in graph.outputs]

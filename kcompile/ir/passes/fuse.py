@@ -109,8 +109,8 @@ def fuse(graph: Graph) -> Graph:
             continue
         inputs = [mapping.get(v, v) for v in item.inputs]
         if len(item.steps) == 1 and item.anchor not in ANCHORS:
-            op, _, attrs = item.steps[0]
-            (out,) = new.add_node(op, inputs, dict(attrs), item.label)
+            op, args, attrs = item.steps[0]  # args name inputs by position (x * x -> i0, i0)
+            (out,) = new.add_node(op, [inputs[int(a[1:])] for a in args], dict(attrs), item.label)
         else:
             (out,) = new.add_node("fused", inputs, {"program": tuple(item.steps)}, item.label)
         mapping[item.out] = out

@@ -216,3 +216,28 @@ def test_compiled_model_works_in_a_forked_child() -> None:
 
 def _child_predict(model, x, queue) -> None:
     queue.put(model(x))
+
+
+@pytest.mark.parametrize("padding,hw,ci,co", [("same", (7, 9), 17, 19), ("valid", (8, 11), 16, 33),
+                                             ("same", (1, 1), 20, 16), ("valid", (3, 4), 24, 64)])
+def test_winograd_convolution_matches_direct(padding, hw, ci, co, monkeypatch) -> None:
+    from kcompile.codegen.llvm.kernels import winograd
+
+    keras.utils.set_random_seed(11)
+    model = keras.Sequential([layers.Input((*hw, ci)),
+                              layers.Conv2D(co, 3, padding=padding, activation="relu"),
+                              layers.BatchNormalization()])
+    rng = np.random.default_rng(11)
+    model.layers[1].set_weights([rng.uniform(0.5, 1.5, co).astype(np.float32) for _ in range(4)])
+    x = rng.standard_normal((3, *hw, ci), dtype=np.float32)
+    lw = _lowered(model, x)
+    params = [v.value for v in lw.variables]
+    want = interpret(lw.graph, [x], params)[0]
+    calls = []
+    original = winograd.emit_winograd
+    monkeypatch.setattr(winograd, "emit_winograd", lambda *a: calls.append(1) or original(*a))
+    cg = compile_graph(lw.graph)
+    assert calls, "this conv should take the Winograd path"
+    cg.set_params(params)
+    np.testing.assert_allclose(cg.run([x])[0], want, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(cg.run([x[:1]])[0], want[:1], rtol=1e-4, atol=1e-5)

@@ -121,6 +121,13 @@ class KernelBuilder:
             self.b.store(init, slot)
         return slot
 
+    def buffer(self, elem: ir.Type, count: int) -> ir.AllocaInstr:
+        """A 64-byte aligned stack array, typed as an opaque `ptr` like every other pointer here."""
+        slot = self._alloca_builder.alloca(ir.ArrayType(elem, count))
+        slot.align = 64
+        slot.type = PTR  # llvmlite types allocas; the printed IR only uses allocated_type
+        return slot
+
     def get(self, slot: ir.AllocaInstr) -> ir.Value:
         return self.b.load(slot, typ=slot.allocated_type)
 

@@ -21,6 +21,8 @@ import llvmlite
 import llvmlite.binding as llvm
 
 _ISAS = ("avx512", "avx2", "generic")
+# environment switches that change generated code, so they are part of the cache key
+CODEGEN_ENV = ("KCOMPILE_WINOGRAD", "KCOMPILE_UNROLL", "KCOMPILE_AUTOVEC")
 
 
 @dataclass(frozen=True)
@@ -114,7 +116,8 @@ def cache_key(content_key: str, target: Target) -> str:
     from kcompile import __version__
 
     h = hashlib.sha256()
-    for part in (content_key, target.triple, target.cpu, target.features, target.isa,
+    options = ",".join(f"{k}={os.environ.get(k, '')}" for k in CODEGEN_ENV)
+    for part in (content_key, options, target.triple, target.cpu, target.features, target.isa,
                  llvmlite.__version__, ".".join(map(str, llvm.llvm_version_info)), __version__,
                  _codegen_digest()):
         h.update(part.encode())

@@ -11,6 +11,8 @@ costs no padded copy. Threads split the N*OH output rows.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 from llvmlite import ir
 
@@ -81,6 +83,11 @@ def emit_conv(ctx: KernelContext, node: Node, program: tuple) -> ir.Function:
     if not ctx.is_static(node.inputs[1]):
         raise NotImplementedError(f"conv2d with a kernel computed at run time ({node.label}) is not "
                                   "compiled yet; use jit_compile=False")
+    from kcompile.codegen.llvm.kernels import winograd
+
+    if os.environ.get("KCOMPILE_WINOGRAD", "1") != "0" and \
+            winograd.applies(node, program, ctx.target.vector_width):
+        return winograd.emit_winograd(ctx, node, program)
     plan = ConvPlan(node, program, ctx.target.vector_width)
     ctx.want_layout(1, ParamLayout("conv_panels", (plan.nr, plan.vw)))
     fn, kb, ins, out, n, tid, nt = ctx.new_kernel(node, "conv")
@@ -191,19 +198,32 @@ def _conv_micro(ctx: KernelContext, node: Node, plan: ConvPlan, program: tuple, 
         for c in range(main, ci):
             step(kb.i64(c), sets[0])
 
-    with kb.loop(kb.i64(0), kb.i64(plan.kh), 1, "kh") as kh:
-        if kind == "checked":
-            ih = b.add(ih0, b.mul(kh, kb.i64(plan.dh)))
-            ok_h = b.and_(b.icmp_signed(">=", ih, kb.i64(0)), b.icmp_signed("<", ih, kb.i64(plan.h)))
-        with kb.loop(kb.i64(0), kb.i64(plan.kw), 1, "kw") as kw:
-            if kind == "checked":
-                iw = b.add(iw0, b.mul(kw, kb.i64(plan.dw)))
-                ok = b.and_(ok_h, b.and_(b.icmp_signed(">=", iw, kb.i64(0)),
-                                         b.icmp_signed("<", iw, kb.i64(plan.w))))
-                with kb.if_then(ok):
-                    taps(kh, kw)
-            else:
-                taps(kh, kw)
+    def tap(kh: ir.Value, kw: ir.Value, ok_h: ir.Value | None) -> None:
+        if kind != "checked":
+            taps(kh, kw)
+            return
+        iw = b.add(iw0, b.mul(kw, kb.i64(plan.dw)))
+        ok = b.and_(ok_h, b.and_(b.icmp_signed(">=", iw, kb.i64(0)),
+                                 b.icmp_signed("<", iw, kb.i64(plan.w))))
+        with kb.if_then(ok):
+            taps(kh, kw)
+
+    def row_ok(kh: ir.Value) -> ir.Value | None:
+        if kind != "checked":
+            return None
+        ih = b.add(ih0, b.mul(kh, kb.i64(plan.dh)))
+        return b.and_(b.icmp_signed(">=", ih, kb.i64(0)), b.icmp_signed("<", ih, kb.i64(plan.h)))
+
+    if ci <= 8:  # few channels: the tap loops themselves would dominate, so unroll them here
+        for i in range(plan.kh):
+            ok_h = row_ok(kb.i64(i))
+            for j in range(plan.kw):
+                tap(kb.i64(i), kb.i64(j), ok_h)
+    else:
+        with kb.loop(kb.i64(0), kb.i64(plan.kh), 1, "kh") as kh:
+            ok_h = row_ok(kh)
+            with kb.loop(kb.i64(0), kb.i64(plan.kw), 1, "kw") as kw:
+                tap(kh, kw, ok_h)
     accs = sets[0]
     for extra in sets[1:]:
         for r in range(npix):

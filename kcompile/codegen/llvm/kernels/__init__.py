@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-_FAMILIES = ("elementwise", "gemm", "fused", "softmax", "reduce", "pool", "conv", "winograd", "movement", "random")
+_FAMILIES = ("elementwise", "gemm", "fused", "reduce", "pool", "conv", "winograd", "movement", "random")
 
 
 def load_all() -> None:

@@ -110,8 +110,13 @@ class TruncatedNormal(RandomNormal):
 
 class VarianceScaling(_Seeded):
     def __init__(self, scale: float = 1.0, mode: str = "fan_in",
-                 distribution: str = "truncated_normal", seed: int | None = None, **_: Any):
+                 distribution: str = "truncated_normal", seed: int | None = None,
+                 input_axes: Any = None, output_axes: Any = None):
         super().__init__(seed)
+        if input_axes is not None or output_axes is not None:
+            raise ValueError(f"{type(self).__name__}: input_axes/output_axes are not supported yet "
+                             "(fans come from the kernel's last two axes)")
+        self.input_axes = self.output_axes = None
         if scale <= 0:
             raise ValueError(f"VarianceScaling: scale must be positive, got {scale}")
         if mode not in ("fan_in", "fan_out", "fan_avg"):
@@ -135,15 +140,16 @@ class VarianceScaling(_Seeded):
 
     def get_config(self):
         return {"scale": self.scale, "mode": self.mode, "distribution": self.distribution,
-                "seed": self.seed}
+                "seed": self.seed, "input_axes": None, "output_axes": None}
 
 
 def _preset(name: str, scale: float, mode: str, distribution: str) -> type:
-    def __init__(self, seed: int | None = None, **_: Any) -> None:
-        VarianceScaling.__init__(self, scale, mode, distribution, seed)
+    def __init__(self, seed: int | None = None, input_axes: Any = None,
+                 output_axes: Any = None) -> None:
+        VarianceScaling.__init__(self, scale, mode, distribution, seed, input_axes, output_axes)
 
     def get_config(self) -> dict[str, Any]:
-        return {"seed": self.seed}
+        return {"seed": self.seed, "input_axes": None, "output_axes": None}
 
     return type(name, (VarianceScaling,), {"__init__": __init__, "get_config": get_config})
 

@@ -157,7 +157,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"onnxruntime with intra_op_num_threads=2. Times are medians of interleaved runs; "
                 f"ratio < 1 means kcompile is faster.\n\n## Inference\n\n{table}\n\n## Compile time\n\n"
                 f"{ctable}\n")
-        Path(__file__).with_name("RESULTS.md").write_text(text)
+        path = Path(__file__).with_name("RESULTS.md")
+        old = path.read_text() if path.exists() else ""
+        marker = "<!-- notes: kept by run.py --write -->"
+        notes = old[old.index(marker):] if marker in old else marker + "\n"
+        path.write_text(text + "\n" + notes)
     return 0
 
 

@@ -241,3 +241,29 @@ def test_winograd_convolution_matches_direct(padding, hw, ci, co, monkeypatch) -
     cg.set_params(params)
     np.testing.assert_allclose(cg.run([x])[0], want, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(cg.run([x[:1]])[0], want[:1], rtol=1e-4, atol=1e-5)
+
+
+def test_inputs_are_validated_before_native_code() -> None:
+    model = _mlp(12)
+    lw = _lowered(model, np.zeros((1, 37), np.float32))
+    cg = compile_graph(lw.graph)
+    cg.set_params([v.value for v in lw.variables])
+    good = np.ones((4, 37), np.float32)
+    with pytest.raises(ValueError, match=r"float32.*\(None, 37\).*\(4, 36\)"):
+        cg.run([np.ones((4, 36), np.float32)])
+    with pytest.raises(ValueError, match="float32"):
+        cg.run([good.astype(np.float64)])
+    with pytest.raises(ValueError, match="not contiguous"):
+        cg.run([np.ones((4, 74), np.float32)[:, ::2]])
+    with pytest.raises(ValueError, match="takes 1 input"):
+        cg.run([good, good])
+    with pytest.raises(TypeError, match="NumPy array"):
+        cg.run([good.tolist()])
+    assert cg.fast_call([np.asfortranarray(np.ones((4, 37), np.float32))]) is None  # not C order
+    # through the model, odd layouts and dtypes are converted, never passed through
+    x = np.random.default_rng(12).standard_normal((6, 74)).astype(np.float64)
+    strided = x[:, ::2]
+    want = interpret(lw.graph, [np.ascontiguousarray(strided, np.float32)],
+                     [v.value for v in lw.variables])[0]
+    np.testing.assert_allclose(model(strided), want, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(model.predict(np.asfortranarray(strided)), want, rtol=1e-4, atol=1e-5)

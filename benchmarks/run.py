@@ -7,11 +7,8 @@ in one process. Prints median times and the ratio to onnxruntime; `--write` upda
 from __future__ import annotations
 
 import argparse
-import os
 import platform
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -92,25 +89,17 @@ def bench_eager(rows: list[dict]) -> None:
 def bench_compile(model_fn) -> dict:
     """Cold compile (empty cache dir) and from the on-disk cache, in fresh model objects."""
     from kcompile.codegen.llvm.compiler import compile_graph
+    from kcompile.codegen.llvm.jit import temporary_cache_dir
 
-    tmp = tempfile.mkdtemp(prefix="kcompile-bench-cache-")
-    old = os.environ.get("KCOMPILE_CACHE_DIR")
-    os.environ["KCOMPILE_CACHE_DIR"] = tmp
-    try:
+    with temporary_cache_dir():
         model = model_fn()
         x = np.zeros((1, *model.inputs[0].shape[1:]), np.float32)
         sigs, structure = model.input_signature(x)
         graph = model._lowered_for(sigs, structure, False).graph
         cold = compile_graph(graph).stats
         cached = compile_graph(graph).stats
-        return {"model": model.name, "cold_s": cold.seconds, "llvm_s": cold.llvm_seconds,
-                "cached_s": cached.seconds, "cache_hit": cached.cached}
-    finally:
-        if old is None:
-            os.environ.pop("KCOMPILE_CACHE_DIR", None)
-        else:
-            os.environ["KCOMPILE_CACHE_DIR"] = old
-        shutil.rmtree(tmp, ignore_errors=True)
+    return {"model": model.name, "cold_s": cold.seconds, "llvm_s": cold.llvm_seconds,
+            "cached_s": cached.seconds, "cache_hit": cached.cached}
 
 
 def format_rows(rows: list[dict]) -> str:

@@ -71,30 +71,18 @@ def demo(seed: int = 0) -> int:
 
 def bench(model_name: str, batch: int, repeats: int) -> int:
     """Cold and cached compile time, compiled vs eager time, for a built-in benchmark model."""
-    import os
-    import shutil
-    import tempfile
-
     import kcompile as keras
     from kcompile.codegen.llvm.compiler import compile_graph
+    from kcompile.codegen.llvm.jit import temporary_cache_dir
 
     builders = {"mlp": lambda: _bench_mlp(), "convnet": lambda: _bench_convnet(),
                 "digits-convnet": build_convnet, "seed-mlp": build_mlp}
     model = builders[model_name]()
     x = np.random.default_rng(0).random((batch, *model.inputs[0].shape[1:]), dtype=np.float32)
     graph = model._lowered_for(*model.input_signature(x), False).graph
-    tmp = tempfile.mkdtemp(prefix="kcompile-bench-")
-    old = os.environ.get("KCOMPILE_CACHE_DIR")
-    os.environ["KCOMPILE_CACHE_DIR"] = tmp
-    try:
+    with temporary_cache_dir():
         cold = compile_graph(graph).stats
         cached = compile_graph(graph).stats
-    finally:
-        if old is None:
-            os.environ.pop("KCOMPILE_CACHE_DIR", None)
-        else:
-            os.environ["KCOMPILE_CACHE_DIR"] = old
-        shutil.rmtree(tmp, ignore_errors=True)
     print(f"{model.name}: compile {cold.seconds * 1e3:.0f} ms cold (LLVM {cold.llvm_seconds * 1e3:.0f} "
           f"ms), {cached.seconds * 1e3:.1f} ms from the on-disk cache")
     keras.compare(model, x, repeats=repeats)

@@ -179,6 +179,17 @@ class KernelBuilder:
                             [vt, PTR, I32, ir.VectorType(I1, n)])
         self.b.call(fn, [value, self.gep(ptr, index, vt.element), self.i32(4), mask])
 
+    def store_vector(self, value: ir.Value, ptr: ir.Value, index: ir.Value | int,
+                     mask: ir.Value | None) -> None:
+        """A plain vector store, or a masked one at an edge."""
+        if mask is None:
+            self.vstore(value, ptr, index)
+        else:
+            self.masked_store(value, ptr, index, mask)
+
+    def load_vector(self, ptr: ir.Value, index: ir.Value | int, mask: ir.Value | None) -> ir.Value:
+        return self.vload(ptr, index) if mask is None else self.masked_load(ptr, index, mask)
+
     def prefetch(self, ptr: ir.Value, index: ir.Value | int = 0, locality: int = 3) -> None:
         fn = self.intrinsic("llvm.prefetch.p0", VOID, [PTR, I32, I32, I32])
         self.b.call(fn, [self.gep(ptr, index), self.i32(0), self.i32(locality), self.i32(1)])

@@ -8,10 +8,12 @@ sources), so a second start loads it without running LLVM at all.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -110,6 +112,22 @@ def cache_dir() -> Path | None:
     base = Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / \
         "kcompile"
     return base
+
+
+@contextlib.contextmanager
+def temporary_cache_dir():
+    """A fresh, empty object cache for the duration (cold compile measurements)."""
+    tmp = tempfile.mkdtemp(prefix="kcompile-cache-")
+    old = os.environ.get("KCOMPILE_CACHE_DIR")
+    os.environ["KCOMPILE_CACHE_DIR"] = tmp
+    try:
+        yield Path(tmp)
+    finally:
+        if old is None:
+            os.environ.pop("KCOMPILE_CACHE_DIR", None)
+        else:
+            os.environ["KCOMPILE_CACHE_DIR"] = old
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def cache_key(content_key: str, target: Target) -> str:

@@ -86,7 +86,8 @@ def _backoff(kb: KernelBuilder, spins: ir.Value) -> None:
         b.call(fn, [])
 
 
-def _spin_while_equal(kb: KernelBuilder, ptr: ir.Value, value: ir.Value, typ: ir.Type) -> None:
+def _spin(kb: KernelBuilder, ptr: ir.Value, typ: ir.Type, keep_waiting) -> None:
+    """Spin (with backoff) while `keep_waiting(current value)` holds."""
     b = kb.b
     spins = kb.var(I64, kb.i64(0))
     head = kb.fn.append_basic_block("spin.head")
@@ -95,11 +96,15 @@ def _spin_while_equal(kb: KernelBuilder, ptr: ir.Value, value: ir.Value, typ: ir
     b.branch(head)
     b.position_at_end(head)
     cur = b.load_atomic(ptr, "acquire", typ.width // 8, typ=typ)
-    b.cbranch(b.icmp_unsigned("==", cur, value), body, done)
+    b.cbranch(keep_waiting(cur), body, done)
     b.position_at_end(body)
     _backoff(kb, spins)
     b.branch(head)
     b.position_at_end(done)
+
+
+def _spin_while_equal(kb: KernelBuilder, ptr: ir.Value, value: ir.Value, typ: ir.Type) -> None:
+    _spin(kb, ptr, typ, lambda cur: kb.b.icmp_unsigned("==", cur, value))
 
 
 def _futex(kb: KernelBuilder, addr: ir.Value, op: int, val: ir.Value) -> None:
@@ -202,19 +207,7 @@ class _TypedCallee(ir.Value):
 
 
 def _spin_until(kb: KernelBuilder, ptr: ir.Value, value: ir.Value) -> None:
-    b = kb.b
-    spins = kb.var(I64, kb.i64(0))
-    head = kb.fn.append_basic_block("wait.head")
-    body = kb.fn.append_basic_block("wait.body")
-    done = kb.fn.append_basic_block("wait.done")
-    b.branch(head)
-    b.position_at_end(head)
-    cur = b.load_atomic(ptr, "acquire", 8, typ=I64)
-    b.cbranch(b.icmp_signed("<", cur, value), body, done)
-    b.position_at_end(body)
-    _backoff(kb, spins)
-    b.branch(head)
-    b.position_at_end(done)
+    _spin(kb, ptr, I64, lambda cur: kb.b.icmp_signed("<", cur, value))
 
 
 def default_threads() -> int:

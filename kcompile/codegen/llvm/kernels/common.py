@@ -111,3 +111,48 @@ def split_range(kb: KernelBuilder, total: ir.Value, tid: ir.Value, nt: ir.Value,
 
 def attrs_of(step: tuple) -> dict[str, Any]:
     return dict(step[2])
+
+
+def epilogue_kinds(node: Node) -> dict[int, str]:
+    """How a GEMM/conv epilogue reads each extra operand (inputs 2..): "full" (output-shaped),
+    "channel" (one value per output channel) or "scalar"."""
+    kinds = {}
+    out_shape = node.outputs[0].shape
+    for i, v in enumerate(node.inputs[2:], start=2):
+        size = int(np.prod([d for d in v.shape if d is not None] or [1]))
+        kinds[i] = "full" if v.shape == out_shape else "scalar" if size == 1 else "channel"
+    return kinds
+
+
+def apply_epilogue(kb: KernelBuilder, program: tuple, kinds: dict[int, str], extras: list,
+                   acc: ir.Value, col: ir.Value, full_index: ir.Value,
+                   mask: ir.Value | None) -> ir.Value:
+    """Run the fused program's steps after the anchor on one accumulator vector."""
+    if len(program) == 1:
+        return acc
+    from kcompile.codegen.llvm.kernels.elementwise import eval_program
+
+    def operand(i: int) -> ir.Value:
+        ptr, kind = extras[i - 2], kinds[i]
+        if kind == "scalar":
+            return kb.splat(kb.load(ptr, 0))
+        return kb.load_vector(ptr, col if kind == "channel" else full_index, mask)
+
+    return eval_program(kb, program, operand, [acc])
+
+
+def for_panel_variants(kb: KernelBuilder, p: ir.Value, panels: int, nv: int, last_nv: int,
+                       edge: bool, emit: Callable[[int, bool], None]) -> None:
+    """Emit `emit(nvec, edge)` for the full panels and, where it differs, for the last one (fewer
+    vectors, and masked when the channel count is not a multiple of the vector width)."""
+    if panels == 1:
+        emit(last_nv, edge)
+    elif last_nv == nv and not edge:
+        emit(nv, False)
+    else:
+        b = kb.b
+        with b.if_else(b.icmp_signed("==", p, kb.i64(panels - 1))) as (last, other):
+            with last:
+                emit(last_nv, edge)
+            with other:
+                emit(nv, False)

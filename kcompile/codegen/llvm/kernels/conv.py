@@ -17,8 +17,16 @@ import numpy as np
 from llvmlite import ir
 
 from kcompile.codegen.llvm.builder import I64, PTR, KernelBuilder, define
-from kcompile.codegen.llvm.kernels.common import KernelContext, ParamLayout, lowering, packer, split_range
-from kcompile.codegen.llvm.kernels.elementwise import eval_program
+from kcompile.codegen.llvm.kernels.common import (
+    KernelContext,
+    ParamLayout,
+    apply_epilogue,
+    epilogue_kinds,
+    for_panel_variants,
+    lowering,
+    packer,
+    split_range,
+)
 from kcompile.codegen.llvm.kernels.gemm import panel_vectors
 from kcompile.ir.core import Node
 from kcompile.ir.ops.conv import spatial_pads
@@ -55,11 +63,7 @@ class ConvPlan:
         self.copad = -(-self.co // vw) * vw
         self.panels = -(-self.copad // self.nr)
         self.last_nv = (self.copad - (self.panels - 1) * self.nr) // vw
-        self.kinds: dict[int, str] = {}
-        for i, v in enumerate(node.inputs[2:], start=2):
-            size = int(np.prod([d for d in v.shape if d is not None] or [1]))
-            self.kinds[i] = "full" if v.shape == node.outputs[0].shape else \
-                "scalar" if size == 1 else "channel"
+        self.kinds = epilogue_kinds(node)
         # output columns whose taps are all in bounds horizontally: ow*sw - pl >= 0 and
         # ow*sw - pl + (kw-1)*dw <= w-1
         self.ow_lo = min(self.ow, -(-self.pl // self.sw))
@@ -140,17 +144,8 @@ def emit_conv(ctx: KernelContext, node: Node, program: tuple) -> ir.Function:
                         with outer:
                             border(0, plan.ow)
 
-            edge = plan.co % plan.vw != 0
-            if plan.panels == 1:
-                per_panel(plan.last_nv, edge)
-            elif plan.last_nv == plan.nv and not edge:
-                per_panel(plan.nv, False)
-            else:
-                with b.if_else(b.icmp_signed("==", p, kb.i64(plan.panels - 1))) as (last, other):
-                    with last:
-                        per_panel(plan.last_nv, edge)
-                    with other:
-                        per_panel(plan.nv, False)
+            for_panel_variants(kb, p, plan.panels, plan.nv, plan.last_nv, plan.co % plan.vw != 0,
+                               per_panel)
     kb.finish()
     return fn
 
@@ -235,19 +230,8 @@ def _conv_micro(ctx: KernelContext, node: Node, plan: ConvPlan, program: tuple, 
         for v in range(nvec):
             col = b.add(col0, kb.i64(v * vw))
             mask = kb.lane_mask(kb.i64(plan.co % vw)) if edge and v == nvec - 1 else None
-            value = kb.get(accs[r][v])
             idx = b.add(b.mul(pixel, kb.i64(plan.co)), col)
-            if len(program) > 1:
-                def operand(i: int, idx=idx, col=col, mask=mask) -> ir.Value:
-                    ptr, k = extras[i - 2], plan.kinds[i]
-                    if k == "scalar":
-                        return kb.splat(kb.load(ptr, 0))
-                    at = col if k == "channel" else idx
-                    return kb.vload(ptr, at) if mask is None else kb.masked_load(ptr, at, mask)
-                value = eval_program(kb, program, operand, [value])
-            if mask is None:
-                kb.vstore(value, out, idx)
-            else:
-                kb.masked_store(value, out, idx, mask)
+            value = apply_epilogue(kb, program, plan.kinds, extras, kb.get(accs[r][v]), col, idx, mask)
+            kb.store_vector(value, out, idx, mask)
     kb.finish()
     return fn

@@ -10,8 +10,6 @@ the single store. Row and column edges use specialised micro-kernels and masked 
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from llvmlite import ir
 
@@ -19,7 +17,10 @@ from kcompile.codegen.llvm.builder import I64, PTR, KernelBuilder, define
 from kcompile.codegen.llvm.kernels.common import (
     KernelContext,
     ParamLayout,
+    apply_epilogue,
     dim_values,
+    epilogue_kinds,
+    for_panel_variants,
     lowering,
     packer,
     product,
@@ -59,16 +60,7 @@ class GemmPlan:
         self.npad = -(-self.n // vw) * vw
         self.panels = -(-self.npad // self.nr) if self.n else 0
         self.last_nv = (self.npad - (self.panels - 1) * self.nr) // vw if self.panels else 0
-        out_shape = node.outputs[0].shape
-        # epilogue operand kind per input: "full" (M x N), "channel" (N,) or "scalar"
-        self.kinds: dict[int, str] = {}
-        for i, v in enumerate(node.inputs[2:], start=2):
-            if v.shape == out_shape:
-                self.kinds[i] = "full"
-            elif math.prod(d for d in v.shape) == 1:
-                self.kinds[i] = "scalar"
-            else:
-                self.kinds[i] = "channel"
+        self.kinds = epilogue_kinds(node)
 
 
 @lowering("matmul")
@@ -97,7 +89,6 @@ def emit_gemm(ctx: KernelContext, node: Node, program: tuple) -> ir.Function:
     micro = {}
     p_lo, p_hi = split_range(kb, kb.i64(plan.panels), tid, nt)
     with kb.loop(p_lo, p_hi, 1, "p") as p:
-        is_last = b.icmp_signed("==", p, kb.i64(plan.panels - 1))
         col0 = b.mul(p, kb.i64(plan.nr))
         bpanel = kb.gep(ins[1], b.mul(p, kb.i64(plan.k * plan.nr)))
         full_rows = b.mul(b.sdiv(m, kb.i64(MR)), kb.i64(MR))
@@ -117,17 +108,8 @@ def emit_gemm(ctx: KernelContext, node: Node, program: tuple) -> ir.Function:
                 with kb.if_then(b.icmp_signed("==", rem, kb.i64(r))):
                     call(r, nvec, edge, full_rows)
 
-        edge = plan.n % plan.vw != 0
-        if plan.panels == 1:
-            for_panel(plan.last_nv, edge)
-        elif plan.last_nv == plan.nv and not edge:
-            for_panel(plan.nv, False)
-        else:
-            with b.if_else(is_last) as (then, otherwise):
-                with then:
-                    for_panel(plan.last_nv, edge)
-                with otherwise:
-                    for_panel(plan.nv, False)
+        for_panel_variants(kb, p, plan.panels, plan.nv, plan.last_nv, plan.n % plan.vw != 0,
+                           for_panel)
     kb.finish()
     return fn
 
@@ -178,31 +160,11 @@ def _micro_kernel(ctx: KernelContext, node: Node, plan: GemmPlan, program: tuple
         for v in range(nvec):
             col = b.add(col0, kb.i64(v * vw))
             mask = kb.lane_mask(kb.i64(n_dim % vw)) if edge and v == nvec - 1 else None
-            value = _epilogue(kb, plan, program, kb.get(accs[r][v]), extras, row, col, mask)
             idx = b.add(b.mul(row, kb.i64(n_dim)), col)
-            if mask is None:
-                kb.vstore(value, out, idx)
-            else:
-                kb.masked_store(value, out, idx, mask)
+            value = apply_epilogue(kb, program, plan.kinds, extras, kb.get(accs[r][v]), col, idx, mask)
+            kb.store_vector(value, out, idx, mask)
     kb.finish()
     return fn
-
-
-def _epilogue(kb: KernelBuilder, plan: GemmPlan, program: tuple, acc: ir.Value, extras: list,
-              row: ir.Value, col: ir.Value, mask: ir.Value | None) -> ir.Value:
-    if len(program) == 1:
-        return acc
-    b = kb.b
-
-    def operand(i: int) -> ir.Value:
-        kind = plan.kinds[i]
-        ptr = extras[i - 2]
-        if kind == "scalar":
-            return kb.splat(kb.load(ptr, 0))
-        idx = col if kind == "channel" else b.add(b.mul(row, kb.i64(plan.n)), col)
-        return kb.vload(ptr, idx) if mask is None else kb.masked_load(ptr, idx, mask)
-
-    return eval_program(kb, program, operand, [acc])
 
 
 def _zero_k_fill(kb: KernelBuilder, ins, out, m, plan: GemmPlan, program, tid, nt) -> None:
@@ -250,16 +212,12 @@ def _emit_dynamic_matmul(ctx: KernelContext, node: Node, program: tuple) -> ir.F
                 with kb.loop(kb.i64(0), kb.i64(kdim), 1, "kk") as k:
                     av = kb.splat(kb.load(ins[0], b.add(a_off, b.add(b.mul(i, kb.i64(kdim)), k))))
                     bidx = b.add(b_off, b.add(b.mul(k, kb.i64(ndim)), kb.i64(c0)))
-                    bv = kb.vload(ins[1], bidx) if mask is None else kb.masked_load(ins[1], bidx, mask)
+                    bv = kb.load_vector(ins[1], bidx, mask)
                     kb.set(acc, kb.fma(av, bv, kb.get(acc)))
                 idx = b.add(o_off, b.add(b.mul(i, kb.i64(ndim)), kb.i64(c0)))
-                value = kb.get(acc)
                 if len(program) > 1:
                     raise NotImplementedError("epilogues on a dynamic matmul are not fused")
-                if mask is None:
-                    kb.vstore(value, out, idx)
-                else:
-                    kb.masked_store(value, out, idx, mask)
+                kb.store_vector(kb.get(acc), out, idx, mask)
     kb.finish()
     return fn
 

@@ -54,16 +54,12 @@ def lower_pool(ctx: KernelContext, node: Node) -> ir.Function:
                         with kb.if_then(ok):
                             pix = b.add(b.mul(img, kb.i64(h)), ih)
                             idx = b.add(b.mul(b.add(b.mul(pix, kb.i64(w)), iw), kb.i64(c)), kb.i64(c0))
-                            v = kb.vload(xp, idx) if mask is None else kb.masked_load(xp, idx, mask)
+                            v = kb.load_vector(xp, idx, mask)
                             kb.set(acc, kb.fmax(kb.get(acc), v) if is_max else b.fadd(kb.get(acc), v))
                             kb.set(count, b.add(kb.get(count), kb.i64(1)))
                 value = kb.get(acc)
                 if not is_max:
                     value = b.fdiv(value, kb.splat(b.sitofp(kb.get(count), kb.f32(0).type)))
-                idx = b.add(out_base, kb.i64(c0))
-                if mask is None:
-                    kb.vstore(value, out, idx)
-                else:
-                    kb.masked_store(value, out, idx, mask)
+                kb.store_vector(value, out, b.add(out_base, kb.i64(c0)), mask)
     kb.finish()
     return fn

@@ -16,9 +16,15 @@ import numpy as np
 from llvmlite import ir
 
 from kcompile.codegen.llvm.builder import F32, I64, PTR, KernelBuilder, define
-from kcompile.codegen.llvm.kernels.common import KernelContext, ParamLayout, packer, split_range
+from kcompile.codegen.llvm.kernels.common import (
+    KernelContext,
+    ParamLayout,
+    apply_epilogue,
+    for_panel_variants,
+    packer,
+    split_range,
+)
 from kcompile.codegen.llvm.kernels.conv import ConvPlan
-from kcompile.codegen.llvm.kernels.elementwise import eval_program
 from kcompile.codegen.llvm.kernels.gemm import pack_panels
 
 MR = 6
@@ -160,19 +166,11 @@ def _block(ctx: KernelContext, node, plan: ConvPlan, program: tuple, tiles: int)
                             with kb.if_then(inside):
                                 pixel = b.add(b.mul(b.add(b.mul(img, kb.i64(plan.oh)), oy),
                                                     kb.i64(plan.ow)), ox)
-                                _store(kb, plan, program, y, extras, out, pixel, col, mask)
+                                idx = b.add(b.mul(pixel, kb.i64(co)), col)
+                                y = apply_epilogue(kb, program, plan.kinds, extras, y, col, idx, mask)
+                                kb.store_vector(y, out, idx, mask)
 
-        edge = co % vw != 0
-        if plan.panels == 1:
-            panel(plan.last_nv, edge)
-        elif plan.last_nv == plan.nv and not edge:
-            panel(plan.nv, False)
-        else:
-            with b.if_else(b.icmp_signed("==", p, kb.i64(plan.panels - 1))) as (last, other):
-                with last:
-                    panel(plan.last_nv, edge)
-                with other:
-                    panel(plan.nv, False)
+        for_panel_variants(kb, p, plan.panels, plan.nv, plan.last_nv, co % vw != 0, panel)
     kb.finish()
     return fn
 
@@ -188,20 +186,3 @@ def _dot(kb: KernelBuilder, coeffs, values) -> ir.Value:
         else:
             acc = kb.b.fadd(acc, v) if c == 1 else kb.b.fsub(acc, v)
     return acc if acc is not None else kb.vconst(0.0)
-
-
-def _store(kb: KernelBuilder, plan: ConvPlan, program: tuple, value, extras, out, pixel, col, mask):
-    b = kb.b
-    idx = b.add(b.mul(pixel, kb.i64(plan.co)), col)
-    if len(program) > 1:
-        def operand(i: int) -> ir.Value:
-            ptr, kind = extras[i - 2], plan.kinds[i]
-            if kind == "scalar":
-                return kb.splat(kb.load(ptr, 0))
-            at = col if kind == "channel" else idx
-            return kb.vload(ptr, at) if mask is None else kb.masked_load(ptr, at, mask)
-        value = eval_program(kb, program, operand, [value])
-    if mask is None:
-        kb.vstore(value, out, idx)
-    else:
-        kb.masked_store(value, out, idx, mask)

@@ -81,24 +81,11 @@ def test_functional_multi_io_shared_and_nested():
     assert len(ours.weights) == len(theirs.weights)
 
 
-class _OurScale(kcompile.layers.Layer):
-    """A user layer written with kcompile.ops: y = x @ w + b, then a learned per-unit scale."""
+def _scale_layer(base, K_ops):
+    """The same user layer, written against kcompile (base=kcompile.layers.Layer, kcompile.ops) or
+    Keras: y = (x @ w + b) * s with a learned per-unit scale."""
 
-    def __init__(self, units, **kwargs):
-        super().__init__(**kwargs)
-        self.units = units
-
-    def build(self, input_shape):
-        self.w = self.add_weight(shape=(input_shape[-1], self.units), initializer="glorot_uniform")
-        self.b = self.add_weight(shape=(self.units,), initializer="zeros")
-        self.s = self.add_weight(shape=(self.units,), initializer="ones")
-
-    def call(self, x):
-        return ops.multiply(ops.add(ops.matmul(x, self.w), self.b), self.s)
-
-
-def _their_scale(keras):
-    class TheirScale(keras.layers.Layer):
+    class Scale(base):
         def __init__(self, units, **kwargs):
             super().__init__(**kwargs)
             self.units = units
@@ -109,14 +96,17 @@ def _their_scale(keras):
             self.s = self.add_weight(shape=(self.units,), initializer="ones")
 
         def call(self, x):
-            return keras.ops.multiply(keras.ops.add(keras.ops.matmul(x, self.w), self.b), self.s)
+            return K_ops.multiply(K_ops.add(K_ops.matmul(x, self.w), self.b), self.s)
 
-    return TheirScale
+    return Scale
+
+
+_OurScale = _scale_layer(kcompile.layers.Layer, ops)
 
 
 def test_subclassed_layer_and_model():
     keras = keras_module()
-    their_scale = _their_scale(keras)
+    their_scale = _scale_layer(keras.layers.Layer, keras.ops)
 
     class OurModel(kcompile.Model):
         def __init__(self):

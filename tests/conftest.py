@@ -32,3 +32,15 @@ def copy_weights(src, dst) -> None:
 
 def assert_close(actual, expected, rtol: float = RTOL, atol: float = ATOL) -> None:
     np.testing.assert_allclose(np.asarray(actual), np.asarray(expected), rtol=rtol, atol=atol)
+
+
+@pytest.fixture(scope="module")
+def module_cache_dir(tmp_path_factory):
+    """A private compile cache for one test module (cold compiles, nothing left in ~/.cache)."""
+    old = os.environ.get("KCOMPILE_CACHE_DIR")
+    os.environ["KCOMPILE_CACHE_DIR"] = str(tmp_path_factory.mktemp("kcompile-cache"))
+    yield
+    if old is None:
+        os.environ.pop("KCOMPILE_CACHE_DIR", None)
+    else:
+        os.environ["KCOMPILE_CACHE_DIR"] = old

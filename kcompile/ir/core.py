@@ -126,6 +126,16 @@ def _format_attr(value: Any) -> str:
     return repr(value)
 
 
+def _is_default(op: str, key: str, value: Any) -> bool:
+    """Attributes left at their default are not printed (e.g. matmul's transpose flags)."""
+    from kcompile.ir.opdef import get_op
+
+    spec = get_op(op).attrs.get(key)
+    default = getattr(spec, "default", None)
+    return isinstance(default, bool | int | float | str) and type(default) is type(value) and \
+        default == value
+
+
 @dataclass
 class Graph:
     """A whole computation: `outputs = f(inputs, params)`.
@@ -183,7 +193,8 @@ class Graph:
         for node in self.nodes:
             outs = ", ".join(f"{names[v]}: {v.type}" for v in node.outputs)
             args = ", ".join(names.get(v, "%?") for v in node.inputs)
-            attrs = ", ".join(f"{k}={_format_attr(a)}" for k, a in node.attrs.items())
+            attrs = ", ".join(f"{k}={_format_attr(a)}" for k, a in node.attrs.items()
+                              if not _is_default(node.op, k, a))
             attrs = f"[{attrs}]" if attrs else ""
             where = f"  # {node.label}" if node.label else ""
             lines.append(f"  {outs} = {node.op}{attrs}({args}){where}")

@@ -57,7 +57,7 @@ class OpDef:
                 value = spec.default
             if isinstance(value, list):
                 value = tuple(value)
-            if value is not None and not isinstance(value, spec.kind):
+            if value is not None and (not isinstance(value, spec.kind) or _bool_for_number(value, spec.kind)):
                 raise TypeError(f"op {self.name!r}: attribute {key!r} must be "
                                 f"{_kind_name(spec.kind)}, got {value!r}")
             if spec.check is not None and value is not None and not spec.check(value):
@@ -75,6 +75,11 @@ class OpDef:
     def run_ref(self, arrays: Sequence[np.ndarray], attrs: dict[str, Any]) -> list[np.ndarray]:
         result = self.ref(*arrays, **attrs)
         return list(result) if isinstance(result, tuple | list) else [result]
+
+
+def _bool_for_number(value: Any, kind: type | tuple[type, ...]) -> bool:
+    """`True` is an `int` to Python, but never a valid int (or float) attribute such as an axis."""
+    return isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,))
 
 
 def _kind_name(kind: type | tuple[type, ...]) -> str:

@@ -5,13 +5,26 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 
 def int_tuple(value: int | Sequence[int], n: int, what: str, layer: str) -> tuple[int, ...]:
-    t = (int(value),) * n if isinstance(value, int) else tuple(int(v) for v in value)
+    items = (value,) * n if isinstance(value, int | np.integer) else value
+    try:
+        t = tuple(_as_int(v) for v in items)
+    except (TypeError, ValueError):
+        t = ()
     if len(t) != n or min(t) < 1:
         raise ValueError(f"{layer}: `{what}` must be a positive int or a tuple of {n} positive "
                          f"ints, got {value!r}")
     return t
+
+
+def _as_int(v: object) -> int:
+    """An int, or an integral NumPy int; floats, bools and strings are rejected."""
+    if isinstance(v, bool) or not isinstance(v, int | np.integer):
+        raise TypeError(f"not an int: {v!r}")
+    return int(v)
 
 
 def padding_mode(value: str, layer: str) -> str:

@@ -40,7 +40,11 @@ class Dense(Layer):
         self.input_spec = InputSpec(min_ndim=2)
 
     def build(self, input_shape: tuple) -> None:
-        if len(input_shape) < 2 or input_shape[-1] is None:
+        if len(input_shape) < 2:
+            raise ValueError(f"Input 0 of layer '{self.name}' is incompatible with the layer: "
+                             f"expected min_ndim=2, found ndim={len(input_shape)}. Full shape "
+                             f"received: {format_shape(input_shape)}")
+        if input_shape[-1] is None:
             raise ValueError(f"Dense '{self.name}': the last axis of the input must be known, got "
                              f"input shape {format_shape(input_shape)}")
         in_dim = input_shape[-1]
@@ -83,7 +87,8 @@ class Dropout(Layer):
     def __init__(self, rate: float, noise_shape: Any = None, seed: int | None = None,
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if not 0 <= float(rate) <= 1:
+        if isinstance(rate, bool) or not isinstance(rate, int | float | np.integer | np.floating) \
+                or not 0 <= float(rate) <= 1:
             raise ValueError(f"Dropout '{self.name}': rate must be in [0, 1], got {rate!r}")
         unsupported(f"Dropout '{self.name}'", noise_shape=noise_shape)
         self.rate = float(rate)

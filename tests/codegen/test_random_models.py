@@ -14,17 +14,7 @@ from kcompile import layers
 ACTIVATIONS = ["relu", "sigmoid", "tanh", "gelu", "linear", "softmax"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _cache(tmp_path_factory):
-    import os
-
-    old = os.environ.get("KCOMPILE_CACHE_DIR")
-    os.environ["KCOMPILE_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
-    yield
-    if old is None:
-        os.environ.pop("KCOMPILE_CACHE_DIR", None)
-    else:
-        os.environ["KCOMPILE_CACHE_DIR"] = old
+pytestmark = pytest.mark.usefixtures("module_cache_dir")
 
 
 @st.composite

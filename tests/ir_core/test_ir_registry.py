@@ -45,6 +45,28 @@ SAMPLES = {
     "batchnorm": ([((None, 4), F)] + [((4,), F)] * 4, {"axis": -1, "epsilon": 1e-3}),
     "dropout": ([((None, 6), F), ((2,), "uint32")], {"rate": 0.5, "salt": 7}),
     "fused": ([((None, 4), F), ((4, 3), F), ((3,), F)], {"program": _STEP}),
+    "minimum": ([((None, 3), F), ((3,), F)], {}),
+    "pow": ([((None, 3), F), ((3,), F)], {}),
+    "compare": ([((None, 3), F), ((3,), F)], {"predicate": "ge"}),
+    "abs": ([((None, 3), F)], {}),
+    "broadcast_like": ([((1, 3), F), ((None, 3), F)], {}),
+    "gelu_grad": ([((None, 3), F)], {"approximate": False}),
+    "slice": ([((None, 5), F)], {"axis": 1, "start": 1, "stop": 4}),
+    "log_softmax": ([((None, 5), F)], {"axis": -1}),
+    "argmax": ([((None, 5), F)], {"axis": -1}),
+    "one_hot": ([((None,), "int32")], {"depth": 4}),
+    "stop_gradient": ([((None, 3), F)], {}),
+    "conv2d_input_grad": ([((None, 4, 3, 4), F), ((3, 3, 3, 4), F)],
+                          {"input_hw": (7, 6), "strides": (2, 2), "padding": "same",
+                           "dilation": (1, 1)}),
+    "conv2d_filter_grad": ([((None, 7, 6, 3), F), ((None, 4, 3, 4), F)],
+                           {"kernel_hw": (3, 3), "strides": (2, 2), "padding": "same",
+                            "dilation": (1, 1)}),
+    "max_pool2d_grad": ([((None, 5, 5, 2), F), ((None, 3, 3, 2), F)],
+                        {"pool_size": (2, 2), "strides": (2, 2), "padding": "same"}),
+    "avg_pool2d_grad": ([((None, 3, 3, 2), F)],
+                        {"input_hw": (5, 5), "pool_size": (3, 3), "strides": (1, 1),
+                         "padding": "valid"}),
 }
 
 
@@ -59,6 +81,8 @@ def _inputs(types, batch, rng):
         concrete = tuple(batch if d is None else d for d in shape)
         if dtype == "uint32":
             arrays.append(np.array([3, 9], np.uint32))
+        elif dtype == "int32":
+            arrays.append(rng.integers(0, 4, concrete).astype(np.int32))
         else:
             arrays.append(rng.uniform(0.5, 2.0, concrete).astype(dtype))
     return arrays

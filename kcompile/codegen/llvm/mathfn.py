@@ -135,3 +135,27 @@ def gelu(kb: KernelBuilder, x: ir.Value, approximate: bool) -> ir.Value:
                        kb.fma(b.fmul(b.fmul(x, x), x), _c(kb, x, 0.044715), x))
         return kb.fma(half_x, tanh(kb, inner), half_x)
     return kb.fma(half_x, erf(kb, b.fmul(x, _c(kb, x, 1 / math.sqrt(2.0)))), half_x)
+
+
+def pow_(kb: KernelBuilder, a: ir.Value, e_: ir.Value) -> ir.Value:
+    """a ** e as exp(e * log(a)) (a >= 0; Adam's beta ** step)."""
+    b = kb.b
+    y = exp(kb, b.fmul(e_, log(kb, a)))
+    one = _c(kb, a, 1.0)
+    return b.select(b.fcmp_ordered("==", e_, _c(kb, a, 0.0)), one, y)
+
+
+def gelu_grad(kb: KernelBuilder, x: ir.Value, approximate: bool) -> ir.Value:
+    """d gelu / dx."""
+    b = kb.b
+    if approximate:
+        c = math.sqrt(2 / math.pi)
+        x2 = b.fmul(x, x)
+        t = tanh(kb, b.fmul(_c(kb, x, c), kb.fma(b.fmul(x2, x), _c(kb, x, 0.044715), x)))
+        left = b.fmul(_c(kb, x, 0.5), b.fadd(_c(kb, x, 1.0), t))
+        inner = b.fmul(_c(kb, x, c), kb.fma(x2, _c(kb, x, 3 * 0.044715), _c(kb, x, 1.0)))
+        right = b.fmul(b.fmul(b.fmul(_c(kb, x, 0.5), x), b.fsub(_c(kb, x, 1.0), b.fmul(t, t))), inner)
+        return b.fadd(left, right)
+    cdf = kb.fma(erf(kb, b.fmul(x, _c(kb, x, 1 / math.sqrt(2.0)))), _c(kb, x, 0.5), _c(kb, x, 0.5))
+    pdf = b.fmul(exp(kb, b.fmul(b.fmul(x, x), _c(kb, x, -0.5))), _c(kb, x, 1 / math.sqrt(2 * math.pi)))
+    return kb.fma(x, pdf, cdf)

@@ -8,7 +8,9 @@ runs the same entry with its own `tid` (SPMD); `kc_barrier` separates dependent 
 
 Sync block layout (one cache line per field, bytes): 0 generation (i32, the futex word),
 64 barrier count, 128 barrier generation, 192 workers done, 256 entry, 264 bufs, 272 n,
-320 stop flag, 384 sleepers.
+280 the call's thread count, 288 the pool's thread count, 320 stop flag, 384 sleepers. Every worker
+takes part in every generation (bumps `workers done`), also when a call uses fewer threads than the
+pool has (`run(..., nthreads=k)`): those past k just skip the entry.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from kcompile.codegen.llvm.builder import (
 from kcompile.codegen.llvm.jit import Target, compile_cached, host_target
 
 GEN, BAR_COUNT, BAR_GEN, DONE = 0, 64, 128, 192
-ENTRY_FN, BUFS, N, STOP, SLEEPERS = 256, 264, 272, 320, 384
+ENTRY_FN, BUFS, N, CALL_NT, POOL_NT, STOP, SLEEPERS = 256, 264, 272, 280, 288, 320, 384
 SYNC_BYTES = 448
 SPIN_ITERATIONS = 20000
 YIELD_EVERY = 4096
@@ -127,7 +129,9 @@ def _pool_module(target: Target) -> str:
     b = kb.b
     sync, tid, nt = fn.args
     gen_p = _field(kb, sync, GEN)
-    seen = kb.var(I32, b.load_atomic(gen_p, "acquire", 4, typ=I32))
+    # generation 0 is the fresh sync block's: a worker that starts late (after the first call bumped
+    # the generation) must still run that call, which cannot finish without it
+    seen = kb.var(I32, ir.Constant(I32, 0))
     outer = fn.append_basic_block("wait")
     b.branch(outer)
     b.position_at_end(outer)
@@ -163,7 +167,9 @@ def _pool_module(target: Target) -> str:
     entry = b.load(_field(kb, sync, ENTRY_FN), typ=PTR)
     bufs = b.load(_field(kb, sync, BUFS), typ=PTR)
     n = b.load(_field(kb, sync, N), typ=I64)
-    b.call(_as_callee(b, entry, entry_t), [bufs, n, tid, nt])
+    call_nt = b.load(_field(kb, sync, CALL_NT), typ=I64)
+    with kb.if_then(b.icmp_signed("<", tid, call_nt)):
+        b.call(_as_callee(b, entry, entry_t), [bufs, n, tid, call_nt])
     b.atomic_rmw("add", _field(kb, sync, DONE), kb.i64(1), "release")
     b.branch(outer)
     b.position_at_end(leave)
@@ -179,6 +185,7 @@ def _pool_module(target: Target) -> str:
     b.store(entry, _field(kb, sync, ENTRY_FN))
     b.store(bufs, _field(kb, sync, BUFS))
     b.store(n, _field(kb, sync, N))
+    b.store(nt, _field(kb, sync, CALL_NT))
     b.atomic_rmw("xchg", done_p, kb.i64(0), "seq_cst")
     gen_p = _field(kb, sync, GEN)
     b.atomic_rmw("add", gen_p, ir.Constant(I32, 1), "seq_cst")
@@ -186,7 +193,8 @@ def _pool_module(target: Target) -> str:
     with kb.if_then(b.icmp_signed(">", sleepers, kb.i64(0))):
         _futex(kb, gen_p, _FUTEX_WAKE_PRIVATE, ir.Constant(I32, 0x7FFFFFFF))
     b.call(_as_callee(b, entry, entry_t), [bufs, n, kb.i64(0), nt])
-    _spin_until(kb, done_p, b.sub(nt, kb.i64(1)))
+    pool_nt = b.load(_field(kb, sync, POOL_NT), typ=I64)
+    _spin_until(kb, done_p, b.sub(pool_nt, kb.i64(1)))
     kb.finish()
     return module_text(module, target)
 
@@ -236,6 +244,7 @@ class ThreadPool:
         self._sync = np.zeros(SYNC_BYTES // 8 + 8, np.int64)
         base = self._sync.ctypes.data
         self.sync_addr = base + (-base % 64)
+        ctypes.c_int64.from_address(self.sync_addr + POOL_NT).value = nthreads
         self._lib = None
         self.run = None
         if nthreads > 1:

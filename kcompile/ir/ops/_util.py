@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from kcompile.ir.core import Dim, Shape, TensorType, format_shape
+from kcompile.ir.core import _DTYPES, Dim, Shape, TensorType, canonical_dtype, format_shape
 
 FLOAT_DTYPES = ("float32", "float64")
+DTYPE_HELP = "one of " + ", ".join(_DTYPES)
 
 
 def broadcast_shapes(op: str, a: Shape, b: Shape) -> Shape:
@@ -60,4 +61,14 @@ def norm_axes(op: str, axes: Sequence[int] | None, rank: int) -> tuple[int, ...]
 
 
 def is_pair(v: object) -> bool:
-    return isinstance(v, tuple) and len(v) == 2 and all(isinstance(i, int) and i > 0 for i in v)
+    return isinstance(v, tuple) and len(v) == 2 and \
+        all(isinstance(i, int) and not isinstance(i, bool) and i > 0 for i in v)
+
+
+def is_dtype(v: object) -> bool:
+    """Whether `v` names a dtype the IR supports (a dtype attribute's check)."""
+    try:
+        canonical_dtype(v)
+    except TypeError:
+        return False
+    return True

@@ -76,9 +76,91 @@ def _conv2d_ref(x: np.ndarray, w: np.ndarray, strides: tuple, padding: str,
     return out.astype(x.dtype, copy=False)
 
 
-defop("conv2d",
-      attrs={"strides": Attr(tuple, (1, 1), is_pair, "two positive ints"),
-             "padding": Attr(str, "valid", lambda p: p in PADDINGS, "'valid' or 'same'"),
-             "dilation": Attr(tuple, (1, 1), is_pair, "two positive ints")},
-      infer=_conv2d_infer, ref=_conv2d_ref, num_inputs=2,
+_CONV_ATTRS = {"strides": Attr(tuple, (1, 1), is_pair, "two positive ints"),
+               "padding": Attr(str, "valid", lambda p: p in PADDINGS, "'valid' or 'same'"),
+               "dilation": Attr(tuple, (1, 1), is_pair, "two positive ints")}
+
+
+def _conv2d_vjp(e, inputs, out, g, strides, padding, dilation):
+    """dX is a transposed convolution of g with the kernel, dW a correlation of x with g."""
+    x, w = inputs
+    attrs = {"strides": strides, "padding": padding, "dilation": dilation}
+    gx = e.op("conv2d_input_grad", g, w, input_hw=tuple(x.shape[1:3]), **attrs)
+    gw = e.op("conv2d_filter_grad", x, g, kernel_hw=tuple(w.shape[:2]), **attrs)
+    return [gx, gw]
+
+
+defop("conv2d", attrs=_CONV_ATTRS, infer=_conv2d_infer, ref=_conv2d_ref, vjp=_conv2d_vjp,
+      num_inputs=2,
       doc="Cross-correlation of NHWC x with an HWIO kernel; bias is a separate bias_add.")
+
+
+def _no_vjp(name: str):
+    def vjp(e, inputs, out, g, **attrs):
+        raise NotImplementedError(f"op {name!r} has no gradient (second derivatives of conv2d "
+                                  "are not supported)")
+
+    return vjp
+
+
+def _input_grad_infer(dy: TensorType, w: TensorType, input_hw: tuple, strides: tuple, padding: str,
+                      dilation: tuple) -> TensorType:
+    require_rank("conv2d_input_grad", dy, 4)
+    require_rank("conv2d_input_grad", w, 4, "kernel (HWIO)")
+    kh, kw, ci, co = w.shape
+    if dy.shape[3] != co:
+        raise ValueError(f"conv2d_input_grad: dy has {dy.shape[3]} channels, kernel {w.shape} "
+                         f"produces {co}")
+    expect = _conv2d_infer(TensorType((dy.shape[0], *input_hw, ci), dy.dtype), w, strides, padding,
+                           dilation)
+    if expect.shape != dy.shape:
+        raise ValueError(f"conv2d_input_grad: dy {format_shape(dy.shape)} is not the output shape "
+                         f"{format_shape(expect.shape)} of that convolution")
+    return TensorType((dy.shape[0], *input_hw, ci), dy.dtype)
+
+
+def _input_grad_ref(dy: np.ndarray, w: np.ndarray, input_hw: tuple, strides: tuple, padding: str,
+                    dilation: tuple) -> np.ndarray:
+    kh, kw, ci, _ = w.shape
+    (pt, pb), (pl, pr) = spatial_pads(input_hw, (kh, kw), strides, dilation, padding)
+    n, oh, ow, _ = dy.shape
+    hp, wp = input_hw[0] + pt + pb, input_hw[1] + pl + pr
+    dxp = np.zeros((n, hp, wp, ci), np.float64)
+    for i in range(kh):
+        for j in range(kw):
+            r0, c0 = i * dilation[0], j * dilation[1]
+            contrib = np.tensordot(dy, w[i, j], axes=([3], [1]))  # (n, oh, ow, ci)
+            dxp[:, r0:r0 + (oh - 1) * strides[0] + 1:strides[0],
+                c0:c0 + (ow - 1) * strides[1] + 1:strides[1], :] += contrib
+    return dxp[:, pt:pt + input_hw[0], pl:pl + input_hw[1], :].astype(dy.dtype)
+
+
+defop("conv2d_input_grad", attrs={"input_hw": Attr(tuple, check=is_pair), **_CONV_ATTRS},
+      infer=_input_grad_infer, ref=_input_grad_ref, vjp=_no_vjp("conv2d_input_grad"), num_inputs=2,
+      doc="Gradient of conv2d w.r.t. its input: scatter dy through the kernel (a transposed conv).")
+
+
+def _filter_grad_infer(x: TensorType, dy: TensorType, kernel_hw: tuple, strides: tuple,
+                       padding: str, dilation: tuple) -> TensorType:
+    require_rank("conv2d_filter_grad", x, 4)
+    require_rank("conv2d_filter_grad", dy, 4)
+    ci, co = x.shape[3], dy.shape[3]
+    expect = _conv2d_infer(x, TensorType((*kernel_hw, ci, co), x.dtype), strides, padding, dilation)
+    if expect.shape != dy.shape:
+        raise ValueError(f"conv2d_filter_grad: dy {format_shape(dy.shape)} is not the output shape "
+                         f"{format_shape(expect.shape)} of that convolution")
+    return TensorType((*kernel_hw, ci, co), x.dtype)
+
+
+def _filter_grad_ref(x: np.ndarray, dy: np.ndarray, kernel_hw: tuple, strides: tuple, padding: str,
+                     dilation: tuple) -> np.ndarray:
+    pads = spatial_pads(x.shape[1:3], kernel_hw, strides, dilation, padding)
+    v = windows(x, kernel_hw, strides, dilation, pads)  # (n, oh, ow, ci, kh, kw)
+    dw = np.tensordot(v, dy, axes=([0, 1, 2], [0, 1, 2]))  # (ci, kh, kw, co)
+    return np.ascontiguousarray(np.transpose(dw, (1, 2, 0, 3))).astype(x.dtype)
+
+
+defop("conv2d_filter_grad", attrs={"kernel_hw": Attr(tuple, check=is_pair), **_CONV_ATTRS},
+      infer=_filter_grad_infer, ref=_filter_grad_ref, vjp=_no_vjp("conv2d_filter_grad"),
+      num_inputs=2, doc="Gradient of conv2d w.r.t. its kernel: sum over batch and pixels of "
+                        "input windows times dy.")

@@ -1,4 +1,5 @@
-"""Elementwise ops: binary arithmetic with broadcasting, unary math and activations, casts, constants."""
+"""Elementwise ops: binary arithmetic with broadcasting, unary math and activations, comparisons,
+casts, constants. Each with attrs, infer, ref and vjp (in IR ops, through `Emitter`)."""
 
 from __future__ import annotations
 
@@ -8,24 +9,68 @@ import numpy as np
 
 from kcompile.ir.core import TensorType, canonical_dtype
 from kcompile.ir.opdef import Attr, defop
-from kcompile.ir.ops._util import broadcast_shapes, require_float, require_rank, same_dtype
+from kcompile.ir.ops._util import (
+    DTYPE_HELP,
+    broadcast_shapes,
+    is_dtype,
+    require_float,
+    require_rank,
+    same_dtype,
+)
 
 
 # --- binary arithmetic ----------------------------------------------------------------------------
-def _binary(name: str, fn, doc: str) -> None:
+def _binary_infer(name: str):
     def infer(a: TensorType, b: TensorType) -> TensorType:
         return TensorType(broadcast_shapes(name, a.shape, b.shape), same_dtype(name, a, b))
 
-    def ref(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return fn(a, b)
-
-    defop(name, infer=infer, ref=ref, num_inputs=2, doc=doc, tags=("elementwise", "binary"))
+    return infer
 
 
-_binary("add", np.add, "a + b with NumPy broadcasting.")
-_binary("sub", np.subtract, "a - b with NumPy broadcasting.")
-_binary("mul", np.multiply, "a * b with NumPy broadcasting.")
-_binary("maximum", np.maximum, "Elementwise max; used by clipping and ReLU-like composites.")
+def _add_vjp(e, inputs, out, g):
+    a, b = inputs
+    return [e.unbroadcast(g, a.type), e.unbroadcast(g, b.type)]
+
+
+def _sub_vjp(e, inputs, out, g):
+    a, b = inputs
+    return [e.unbroadcast(g, a.type), e.unbroadcast(e.neg(g), b.type)]
+
+
+def _mul_vjp(e, inputs, out, g):
+    a, b = inputs
+    return [e.unbroadcast(e.mul(g, b), a.type), e.unbroadcast(e.mul(g, a), b.type)]
+
+
+def _div_vjp(e, inputs, out, g):
+    a, b = inputs
+    ga = e.div(g, b)
+    return [e.unbroadcast(ga, a.type), e.unbroadcast(e.neg(e.mul(ga, out)), b.type)]
+
+
+def _extremum_vjp(first_wins: str):
+    """max/min: the gradient goes to the winner; ties split it in half (as JAX does)."""
+
+    def vjp(e, inputs, out, g):
+        a, b = inputs
+        wa = e.add(e.compare(a, b, first_wins), e.mul(e.compare(a, b, "eq"), 0.5))
+        wb = e.sub(1.0, wa)
+        return [e.unbroadcast(e.mul(g, wa), a.type), e.unbroadcast(e.mul(g, wb), b.type)]
+
+    return vjp
+
+
+def _pow_vjp(e, inputs, out, g):
+    a, b = inputs
+    ga = e.mul(g, e.mul(b, e.pow(a, e.sub(b, 1.0))))
+    safe_log = e.log(e.maximum(a, 1e-30))
+    gb = e.mul(g, e.mul(out, safe_log))
+    return [e.unbroadcast(ga, a.type), e.unbroadcast(gb, b.type)]
+
+
+def _pow_ref(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    with np.errstate(all="ignore"):
+        return np.power(a, b)
 
 
 def _div_ref(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -35,13 +80,52 @@ def _div_ref(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.divide(a, b)
 
 
-def _div_infer(a: TensorType, b: TensorType) -> TensorType:
-    dtype = same_dtype("div", a, b)
-    require_float("div", a)
-    return TensorType(broadcast_shapes("div", a.shape, b.shape), dtype)
+def _float_binary_infer(name: str):
+    def infer(a: TensorType, b: TensorType) -> TensorType:
+        dtype = same_dtype(name, a, b)
+        require_float(name, a)
+        return TensorType(broadcast_shapes(name, a.shape, b.shape), dtype)
+
+    return infer
 
 
-defop("div", infer=_div_infer, ref=_div_ref, num_inputs=2, doc="a / b (float only).",
+_BINARY = {
+    "add": (np.add, _binary_infer("add"), _add_vjp, "a + b with NumPy broadcasting."),
+    "sub": (np.subtract, _binary_infer("sub"), _sub_vjp, "a - b with NumPy broadcasting."),
+    "mul": (np.multiply, _binary_infer("mul"), _mul_vjp, "a * b with NumPy broadcasting."),
+    "div": (_div_ref, _float_binary_infer("div"), _div_vjp, "a / b (float only)."),
+    "maximum": (np.maximum, _binary_infer("maximum"), _extremum_vjp("gt"),
+                "Elementwise max (NaN propagates); ReLU-like composites and clipping."),
+    "minimum": (np.minimum, _binary_infer("minimum"), _extremum_vjp("lt"),
+                "Elementwise min (NaN propagates); clipping."),
+    "pow": (_pow_ref, _float_binary_infer("pow"), _pow_vjp,
+            "a ** b (float); Adam's bias corrections beta ** step."),
+}
+
+for _name, (_fn, _infer, _vjp, _doc) in _BINARY.items():
+    defop(_name, infer=_infer, ref=_fn, vjp=_vjp, num_inputs=2, doc=_doc,
+          tags=("elementwise", "binary"))
+
+
+_PREDICATES = {"gt": np.greater, "ge": np.greater_equal, "lt": np.less, "le": np.less_equal,
+               "eq": np.equal, "ne": np.not_equal}
+
+
+def _compare_ref(a: np.ndarray, b: np.ndarray, predicate: str) -> np.ndarray:
+    return _PREDICATES[predicate](a, b).astype(np.result_type(a, b) if a.dtype.kind == "f"
+                                               else np.float32)
+
+
+def _compare_infer(a: TensorType, b: TensorType, predicate: str) -> TensorType:
+    dtype = same_dtype("compare", a, b)
+    out = dtype if dtype.startswith("float") else "float32"
+    return TensorType(broadcast_shapes("compare", a.shape, b.shape), out)
+
+
+defop("compare", attrs={"predicate": Attr(str, check=lambda p: p in _PREDICATES,
+                                          help="/".join(_PREDICATES))},
+      infer=_compare_infer, ref=_compare_ref, vjp=lambda e, inputs, out, g, predicate: [None, None],
+      num_inputs=2, doc="1.0 where `a <predicate> b` else 0.0 (float masks for gradients and metrics).",
       tags=("elementwise", "binary"))
 
 
@@ -54,9 +138,23 @@ def _bias_add_infer(x: TensorType, b: TensorType) -> TensorType:
     return x
 
 
-defop("bias_add", infer=_bias_add_infer, ref=lambda x, b: x + b, num_inputs=2,
+defop("bias_add", infer=_bias_add_infer, ref=lambda x, b: x + b, vjp=_add_vjp, num_inputs=2,
       doc="x + b along the last (channel) axis; kept apart from `add` so GEMM/conv can fuse it.",
       tags=("elementwise",))
+
+
+def _broadcast_like_infer(x: TensorType, like: TensorType) -> TensorType:
+    shape = broadcast_shapes("broadcast_like", x.shape, like.shape)
+    if shape != like.shape:
+        raise ValueError(f"broadcast_like: {x.shape} does not broadcast to {like.shape}")
+    return TensorType(like.shape, x.dtype)
+
+
+defop("broadcast_like", infer=_broadcast_like_infer,
+      ref=lambda x, like: np.ascontiguousarray(np.broadcast_to(x, like.shape)),
+      vjp=lambda e, inputs, out, g: [e.unbroadcast(g, inputs[0].type), None], num_inputs=2,
+      doc="x broadcast to the shape of `like` (whose values are not read): the adjoint of sum, "
+          "with the symbolic batch dim taken from `like`.", tags=("elementwise", "binary"))
 
 
 # --- unary math and activations -------------------------------------------------------------------
@@ -76,12 +174,27 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 _erf = np.frompyfunc(math.erf, 1, 1)
 
 
+def _phi_cdf(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1 + _erf(x.astype(np.float64) / math.sqrt(2)).astype(np.float64))
+
+
 def _gelu(x: np.ndarray, approximate: bool) -> np.ndarray:
     if approximate:
         c = math.sqrt(2 / math.pi)
         return (0.5 * x * (1 + np.tanh(c * (x + 0.044715 * x**3)))).astype(x.dtype, copy=False)
-    erf = _erf(x.astype(np.float64) / math.sqrt(2)).astype(np.float64)
-    return (0.5 * x * (1 + erf)).astype(x.dtype, copy=False)
+    return (x * _phi_cdf(x)).astype(x.dtype, copy=False)
+
+
+def _gelu_grad(x: np.ndarray, approximate: bool) -> np.ndarray:
+    """d gelu / dx."""
+    x64 = x.astype(np.float64)
+    if approximate:
+        c = math.sqrt(2 / math.pi)
+        t = np.tanh(c * (x64 + 0.044715 * x64**3))
+        d = 0.5 * (1 + t) + 0.5 * x64 * (1 - t * t) * c * (1 + 3 * 0.044715 * x64**2)
+    else:
+        d = _phi_cdf(x64) + x64 * np.exp(-0.5 * x64 * x64) / math.sqrt(2 * math.pi)
+    return d.astype(x.dtype)
 
 
 def _log(x: np.ndarray) -> np.ndarray:
@@ -94,24 +207,53 @@ def _sqrt(x: np.ndarray) -> np.ndarray:
         return np.sqrt(x)
 
 
+def _exp(x: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        return np.exp(x)
+
+
 _UNARY = {
-    "neg": (np.negative, "-x."),
-    "relu": (lambda x: np.maximum(x, 0).astype(x.dtype, copy=False), "max(x, 0)."),
-    "sigmoid": (_sigmoid, "1 / (1 + exp(-x)), evaluated without overflow."),
-    "tanh": (np.tanh, "Hyperbolic tangent."),
-    "exp": (np.exp, "e ** x."),
-    "log": (_log, "Natural log; log(0) = -inf as in IEEE arithmetic."),
-    "sqrt": (_sqrt, "Square root (BatchNorm's variance term)."),
+    "neg": (np.negative, lambda e, i, o, g: [e.neg(g)], "-x."),
+    "abs": (np.abs, lambda e, i, o, g: [e.mul(g, e.sub(e.compare(i[0], 0.0, "gt"),
+                                                       e.compare(i[0], 0.0, "lt")))], "|x|."),
+    "relu": (lambda x: np.maximum(x, 0).astype(x.dtype, copy=False),
+             lambda e, i, o, g: [e.mul(g, e.compare(i[0], 0.0, "gt"))], "max(x, 0)."),
+    "sigmoid": (_sigmoid, lambda e, i, o, g: [e.mul(g, e.mul(o, e.sub(1.0, o)))],
+                "1 / (1 + exp(-x)), evaluated without overflow."),
+    "tanh": (np.tanh, lambda e, i, o, g: [e.mul(g, e.sub(1.0, e.square(o)))], "Hyperbolic tangent."),
+    "exp": (_exp, lambda e, i, o, g: [e.mul(g, o)], "e ** x."),
+    "log": (_log, lambda e, i, o, g: [e.div(g, i[0])],
+            "Natural log; log(0) = -inf as in IEEE arithmetic."),
+    "sqrt": (_sqrt, lambda e, i, o, g: [e.div(g, e.mul(o, 2.0))],
+             "Square root (BatchNorm's variance term)."),
 }
 
-for _name, (_fn, _doc) in _UNARY.items():
-    defop(_name, infer=_float_unary_infer(_name), ref=_fn, num_inputs=1, doc=_doc,
+for _name, (_fn, _vjp, _doc) in _UNARY.items():
+    defop(_name, infer=_float_unary_infer(_name), ref=_fn, vjp=_vjp, num_inputs=1, doc=_doc,
           tags=("elementwise", "unary"))
 
+
+def _gelu_vjp(e, inputs, out, g, approximate):
+    return [e.mul(g, e.op("gelu_grad", inputs[0], approximate=approximate))]
+
+
 defop("gelu", attrs={"approximate": Attr(bool, False)}, infer=_float_unary_infer("gelu"),
-      ref=_gelu, num_inputs=1,
+      ref=_gelu, vjp=_gelu_vjp, num_inputs=1,
       doc="Gaussian error linear unit; exact (erf) by default as in Keras, or the tanh form.",
       tags=("elementwise", "unary"))
+
+
+def _no_second_order(name: str):
+    def vjp(e, inputs, out, g, **attrs):
+        raise NotImplementedError(f"op {name!r} has no gradient (second derivatives of gelu are "
+                                  "not supported)")
+
+    return vjp
+
+
+defop("gelu_grad", attrs={"approximate": Attr(bool, False)}, infer=_float_unary_infer("gelu_grad"),
+      ref=_gelu_grad, vjp=_no_second_order("gelu_grad"), num_inputs=1,
+      doc="The derivative of gelu, for its vjp.", tags=("elementwise", "unary"))
 
 
 # --- casts and constants --------------------------------------------------------------------------
@@ -119,9 +261,16 @@ def _cast_infer(x: TensorType, dtype: str) -> TensorType:
     return TensorType(x.shape, canonical_dtype(dtype))
 
 
-defop("cast", attrs={"dtype": Attr(str)}, infer=_cast_infer,
-      ref=lambda x, dtype: x.astype(dtype), num_inputs=1, doc="Convert to another dtype.",
-      tags=("elementwise", "unary"))
+def _cast_vjp(e, inputs, out, g, dtype):
+    x = inputs[0]
+    if not x.dtype.startswith("float"):
+        return [None]
+    return [e.cast(g, x.dtype)]
+
+
+defop("cast", attrs={"dtype": Attr(str, check=is_dtype, help=DTYPE_HELP)}, infer=_cast_infer,
+      ref=lambda x, dtype: x.astype(dtype), vjp=_cast_vjp, num_inputs=1,
+      doc="Convert to another dtype.", tags=("elementwise", "unary"))
 
 
 def _constant_infer(value: np.ndarray) -> TensorType:
@@ -129,5 +278,5 @@ def _constant_infer(value: np.ndarray) -> TensorType:
 
 
 defop("constant", attrs={"value": Attr(np.ndarray)}, infer=_constant_infer,
-      ref=lambda value: value, num_inputs=0,
+      ref=lambda value: value, vjp=lambda e, inputs, out, g, value: [], num_inputs=0,
       doc="A literal tensor, stored in the graph (folded into kernels by the compiler).")

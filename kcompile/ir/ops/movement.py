@@ -38,6 +38,7 @@ def _reshape_ref(x: np.ndarray, shape: tuple) -> np.ndarray:
 defop("reshape", attrs={"shape": Attr(tuple, check=_is_target_shape,
                                       help="ints >= 0 and at most one None (the batch dim)")},
       infer=_reshape_infer, ref=_reshape_ref, num_inputs=1,
+      vjp=lambda e, inputs, out, g, shape: [e.reshape(g, inputs[0].shape)],
       doc="Row-major reshape; the symbolic batch dim is carried as `None` in the target.")
 
 
@@ -61,7 +62,9 @@ def _transpose_infer(x: TensorType, perm: tuple) -> TensorType:
 
 
 defop("transpose", attrs={"perm": Attr(tuple)}, infer=_transpose_infer,
-      ref=lambda x, perm: np.transpose(x, perm), num_inputs=1, doc="Permute axes.")
+      ref=lambda x, perm: np.transpose(x, perm),
+      vjp=lambda e, inputs, out, g, perm: [e.transpose(g, tuple(np.argsort(perm)))],
+      num_inputs=1, doc="Permute axes.")
 
 
 def _concat_infer(*xs: TensorType, axis: int) -> TensorType:
@@ -86,5 +89,54 @@ def _concat_infer(*xs: TensorType, axis: int) -> TensorType:
     return TensorType(tuple(out), dtype)
 
 
+def _concat_vjp(e, inputs, out, g, axis):
+    ax = axis % out.type.rank
+    grads, start = [], 0
+    for x in inputs:
+        stop = start + x.shape[ax]
+        grads.append(e.op("slice", g, axis=ax, start=start, stop=stop))
+        start = stop
+    return grads
+
+
 defop("concat", attrs={"axis": Attr(int)}, infer=_concat_infer,
-      ref=lambda *xs, axis: np.concatenate(xs, axis=axis), doc="Join along an axis.")
+      ref=lambda *xs, axis: np.concatenate(xs, axis=axis), vjp=_concat_vjp, doc="Join along an axis.")
+
+
+def _slice_infer(x: TensorType, axis: int, start: int, stop: int) -> TensorType:
+    ax = norm_axis("slice", axis, x.rank)
+    if x.shape[ax] is None:
+        raise ValueError("slice: cannot slice the batch axis")
+    if not 0 <= start <= stop <= x.shape[ax]:
+        raise ValueError(f"slice: [{start}:{stop}] is out of range for axis {axis} of "
+                         f"{format_shape(x.shape)}")
+    shape = list(x.shape)
+    shape[ax] = stop - start
+    return TensorType(tuple(shape), x.dtype)
+
+
+def _slice_ref(x: np.ndarray, axis: int, start: int, stop: int) -> np.ndarray:
+    index = [slice(None)] * x.ndim
+    index[axis] = slice(start, stop)
+    return np.ascontiguousarray(x[tuple(index)])
+
+
+def _slice_vjp(e, inputs, out, g, axis, start, stop):
+    x = inputs[0]
+    ax = axis % x.type.rank
+    parts = []
+    for lo, hi in ((0, start), (stop, x.shape[ax])):
+        if hi > lo:
+            shape = list(g.shape)
+            shape[ax] = hi - lo
+            zero_shape = [1 if d is None else d for d in shape]
+            zeros = e.const(np.zeros(zero_shape, g.dtype), g.dtype)
+            parts.append(e.broadcast_like(zeros, e.op("slice", x, axis=ax, start=lo, stop=hi))
+                         if None in shape else zeros)
+    pieces = ([parts[0]] if start > 0 else []) + [g] + ([parts[-1]] if stop < x.shape[ax] else [])
+    return [pieces[0] if len(pieces) == 1 else e.op("concat", *pieces, axis=ax)]
+
+
+defop("slice", attrs={"axis": Attr(int), "start": Attr(int), "stop": Attr(int)},
+      infer=_slice_infer, ref=_slice_ref, vjp=_slice_vjp, num_inputs=1,
+      doc="x[..., start:stop, ...] along one non-batch axis (concat's adjoint).")

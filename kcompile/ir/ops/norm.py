@@ -30,7 +30,30 @@ def _batchnorm_ref(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, mean: np.
     return ((x - mean.reshape(shape)) * inv.reshape(shape) + beta.reshape(shape)).astype(x.dtype)
 
 
+def _batchnorm_vjp(e, inputs, out, g, axis, epsilon):
+    """All five inputs get gradients: in training the mean and variance are batch statistics
+    computed in the graph, and the gradient flows through them too."""
+    x, gamma, beta, mean, var = inputs
+    ax = axis % x.type.rank
+    shape = [1] * x.type.rank
+    shape[ax] = x.shape[ax]
+    others = tuple(i for i in range(x.type.rank) if i != ax)
+
+    def per_channel(v):
+        return e.reshape(v, shape)
+
+    inv_std = e.div(1.0, e.sqrt(e.add(var, epsilon)))
+    centered = e.sub(x, per_channel(mean))
+    gx = e.mul(g, per_channel(e.mul(gamma, inv_std)))
+    g_beta = e.sum(g, others)
+    g_gamma = e.sum(e.mul(g, e.mul(centered, per_channel(inv_std))), others)
+    g_mean = e.neg(e.mul(g_beta, e.mul(gamma, inv_std)))
+    g_var = e.mul(e.sum(e.mul(g, centered), others),
+                  e.mul(e.mul(gamma, -0.5), e.mul(inv_std, e.square(inv_std))))
+    return [gx, g_gamma, g_beta, g_mean, g_var]
+
+
 defop("batchnorm",
       attrs={"axis": Attr(int, -1), "epsilon": Attr(float, 1e-3, lambda e: e >= 0, ">= 0")},
-      infer=_batchnorm_infer, ref=_batchnorm_ref, num_inputs=5,
+      infer=_batchnorm_infer, ref=_batchnorm_ref, vjp=_batchnorm_vjp, num_inputs=5,
       doc="(x - mean) * gamma / sqrt(var + eps) + beta along `axis`; folded into conv/dense later.")

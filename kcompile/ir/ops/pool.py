@@ -47,7 +47,88 @@ _POOL_ATTRS = {
     "padding": Attr(str, "valid", lambda p: p in PADDINGS, "'valid' or 'same'"),
 }
 
+def _max_pool_vjp(e, inputs, out, g, pool_size, strides, padding):
+    return [e.op("max_pool2d_grad", inputs[0], g, pool_size=pool_size, strides=strides,
+                 padding=padding)]
+
+
+def _avg_pool_vjp(e, inputs, out, g, pool_size, strides, padding):
+    return [e.op("avg_pool2d_grad", g, input_hw=tuple(inputs[0].shape[1:3]), pool_size=pool_size,
+                 strides=strides, padding=padding)]
+
+
 defop("max_pool2d", attrs=_POOL_ATTRS, infer=_pool_infer("max_pool2d"), ref=_max_pool_ref,
-      num_inputs=1, doc="Window max; 'same' pads with -inf so padding never wins.")
+      vjp=_max_pool_vjp, num_inputs=1,
+      doc="Window max; 'same' pads with -inf so padding never wins.")
 defop("avg_pool2d", attrs=_POOL_ATTRS, infer=_pool_infer("avg_pool2d"), ref=_avg_pool_ref,
-      num_inputs=1, doc="Window mean over the in-bounds elements only.")
+      vjp=_avg_pool_vjp, num_inputs=1, doc="Window mean over the in-bounds elements only.")
+
+
+def _max_pool_grad_ref(x: np.ndarray, dy: np.ndarray, pool_size: tuple, strides: tuple,
+                       padding: str) -> np.ndarray:
+    """Each output's gradient goes to the first maximum of its window (row-major), as TF/JAX."""
+    pads = spatial_pads(x.shape[1:3], pool_size, strides, (1, 1), padding)
+    v = windows(x, pool_size, strides, (1, 1), pads, pad_value=-np.inf)  # n, oh, ow, c, ph, pw
+    n, oh, ow, c, ph, pw = v.shape
+    arg = v.reshape(n, oh, ow, c, ph * pw).argmax(axis=-1)
+    (pt, _), (pl, _) = pads
+    rows = np.arange(oh)[None, :, None, None] * strides[0] + arg // pw - pt
+    cols = np.arange(ow)[None, None, :, None] * strides[1] + arg % pw - pl
+    dx = np.zeros(x.shape, np.float64)
+    nn = np.broadcast_to(np.arange(n)[:, None, None, None], arg.shape)
+    cc = np.broadcast_to(np.arange(c)[None, None, None, :], arg.shape)
+    np.add.at(dx, (nn, rows, cols, cc), dy)
+    return dx.astype(x.dtype)
+
+
+def _pool_grad_infer(name: str):
+    def infer(x: TensorType, dy: TensorType, pool_size, strides, padding) -> TensorType:
+        if _pool_infer(name)(x, pool_size, strides, padding).shape != dy.shape:
+            raise ValueError(f"{name}: dy {format_shape(dy.shape)} is not the pooled shape of "
+                             f"{format_shape(x.shape)}")
+        return x
+
+    return infer
+
+
+def _second_order(name: str):
+    def vjp(e, inputs, out, g, **attrs):
+        raise NotImplementedError(f"op {name!r} has no gradient (second derivatives of pooling are "
+                                  "not supported)")
+
+    return vjp
+
+
+defop("max_pool2d_grad", attrs=_POOL_ATTRS, infer=_pool_grad_infer("max_pool2d_grad"),
+      ref=_max_pool_grad_ref, vjp=_second_order("max_pool2d_grad"), num_inputs=2,
+      doc="Gradient of max_pool2d: dy routed to each window's first maximum.")
+
+
+def _avg_pool_grad_infer(dy: TensorType, input_hw: tuple, pool_size, strides, padding) -> TensorType:
+    require_rank("avg_pool2d_grad", dy, 4)
+    x = TensorType((dy.shape[0], *input_hw, dy.shape[3]), dy.dtype)
+    if _pool_infer("avg_pool2d_grad")(x, pool_size, strides, padding).shape != dy.shape:
+        raise ValueError(f"avg_pool2d_grad: dy {format_shape(dy.shape)} is not the pooled shape of "
+                         f"{format_shape(x.shape)}")
+    return x
+
+
+def _avg_pool_grad_ref(dy: np.ndarray, input_hw: tuple, pool_size: tuple, strides: tuple,
+                       padding: str) -> np.ndarray:
+    n, oh, ow, c = dy.shape
+    (pt, pb), (pl, pr) = spatial_pads(input_hw, pool_size, strides, (1, 1), padding)
+    ones = np.ones((1, *input_hw, 1), np.float64)
+    count = windows(ones, pool_size, strides, (1, 1), ((pt, pb), (pl, pr))).sum(axis=(4, 5))
+    share = dy / count
+    dxp = np.zeros((n, input_hw[0] + pt + pb, input_hw[1] + pl + pr, c), np.float64)
+    for i in range(pool_size[0]):
+        for j in range(pool_size[1]):
+            dxp[:, i:i + (oh - 1) * strides[0] + 1:strides[0],
+                j:j + (ow - 1) * strides[1] + 1:strides[1], :] += share
+    return dxp[:, pt:pt + input_hw[0], pl:pl + input_hw[1], :].astype(dy.dtype)
+
+
+defop("avg_pool2d_grad", attrs={"input_hw": Attr(tuple, check=is_pair), **_POOL_ATTRS},
+      infer=_avg_pool_grad_infer, ref=_avg_pool_grad_ref, vjp=_second_order("avg_pool2d_grad"),
+      num_inputs=1, doc="Gradient of avg_pool2d: each output's gradient shared by its in-bounds "
+                        "window elements.")

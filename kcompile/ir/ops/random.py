@@ -66,5 +66,7 @@ defop("dropout",
       attrs={"rate": Attr(float, check=lambda r: 0.0 <= r < 1.0, help="0 <= rate < 1"),
              "salt": Attr(int, 0, lambda s: 0 <= s < 2**32, help="uint32")},
       infer=_dropout_infer, ref=_dropout_ref, num_inputs=2,
+      vjp=lambda e, inputs, out, g, rate, salt: [e.op("dropout", g, inputs[1], rate=rate, salt=salt),
+                                                 None],
       doc="Training-time dropout: zero where uniform(key, salt, i) < rate, scale the rest by "
           "1/(1-rate). Inference graphs never contain it (the layer is the identity there).")

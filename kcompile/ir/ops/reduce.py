@@ -9,7 +9,7 @@ import numpy as np
 
 from kcompile.ir.core import TensorType
 from kcompile.ir.opdef import Attr, defop
-from kcompile.ir.ops._util import norm_axes, norm_axis, require_float
+from kcompile.ir.ops._util import DTYPE_HELP, is_dtype, norm_axes, norm_axis, require_float
 
 
 def _reduce_infer(name: str):
@@ -36,12 +36,50 @@ def _reduce_ref(fn):
 
 _REDUCE_ATTRS = {"axes": Attr(tuple, None), "keepdims": Attr(bool, False)}
 
+
+def _kept_shape(x, axes) -> tuple:
+    ax = norm_axes("reduce", axes, x.type.rank)
+    return tuple(1 if i in ax else d for i, d in enumerate(x.shape))
+
+
+def _expand(e, g, x, axes):
+    """g (reduced) broadcast back to x's shape."""
+    return e.broadcast_like(e.reshape(g, _kept_shape(x, axes)), x)
+
+
+def _count(e, x, axes):
+    """Number of reduced elements (symbolic when the batch axis is reduced)."""
+    ax = norm_axes("reduce", axes, x.type.rank)
+    known = int(np.prod([x.shape[i] for i in ax if x.shape[i] is not None] or [1]))
+    if all(x.shape[i] is not None for i in ax):
+        return e.const(float(known), x.dtype)
+    ones = e.broadcast_like(e.const(1.0, x.dtype), x)
+    return e.sum(ones, axes, keepdims=True)
+
+
+def _sum_vjp(e, inputs, out, g, axes, keepdims):
+    return [_expand(e, g, inputs[0], axes)]
+
+
+def _mean_vjp(e, inputs, out, g, axes, keepdims):
+    x = inputs[0]
+    return [e.div(_expand(e, g, x, axes), _count(e, x, axes))]
+
+
+def _max_vjp(e, inputs, out, g, axes, keepdims):
+    """To the maxima; ties share the gradient equally (as JAX does)."""
+    x = inputs[0]
+    hit = e.compare(x, _expand(e, out, x, axes), "eq")
+    ties = _expand(e, e.sum(hit, axes), x, axes)
+    return [e.div(e.mul(hit, _expand(e, g, x, axes)), ties)]
+
+
 defop("sum", attrs=_REDUCE_ATTRS, infer=_reduce_infer("sum"), ref=_reduce_ref(np.sum),
-      num_inputs=1, doc="Sum over `axes` (all when None).", tags=("reduce",))
+      vjp=_sum_vjp, num_inputs=1, doc="Sum over `axes` (all when None).", tags=("reduce",))
 defop("mean", attrs=_REDUCE_ATTRS, infer=_reduce_infer("mean"), ref=_reduce_ref(np.mean),
-      num_inputs=1, doc="Mean over `axes` (all when None).", tags=("reduce",))
+      vjp=_mean_vjp, num_inputs=1, doc="Mean over `axes` (all when None).", tags=("reduce",))
 defop("max", attrs=_REDUCE_ATTRS, infer=_reduce_infer("max"), ref=_reduce_ref(np.max),
-      num_inputs=1, doc="Max over `axes` (all when None).", tags=("reduce",))
+      vjp=_max_vjp, num_inputs=1, doc="Max over `axes` (all when None).", tags=("reduce",))
 
 
 def _softmax_infer(x: TensorType, axis: int) -> TensorType:
@@ -56,5 +94,74 @@ def _softmax_ref(x: np.ndarray, axis: int) -> np.ndarray:
     return (e / np.sum(e, axis=axis, keepdims=True)).astype(x.dtype, copy=False)
 
 
+def _softmax_vjp(e, inputs, out, g, axis):
+    gy = e.mul(g, out)
+    return [e.sub(gy, e.mul(out, e.broadcast_like(e.sum(gy, (axis,), keepdims=True), out)))]
+
+
 defop("softmax", attrs={"axis": Attr(int, -1)}, infer=_softmax_infer, ref=_softmax_ref,
-      num_inputs=1, doc="exp(x - max) / sum; one op so backends can fuse the max/sum passes.")
+      vjp=_softmax_vjp, num_inputs=1,
+      doc="exp(x - max) / sum; one op so backends can fuse the max/sum passes.")
+
+
+def _log_softmax_infer(x: TensorType, axis: int) -> TensorType:
+    require_float("log_softmax", x)
+    norm_axis("log_softmax", axis, x.rank)
+    return x
+
+
+def _log_softmax_ref(x: np.ndarray, axis: int) -> np.ndarray:
+    z = x - np.max(x, axis=axis, keepdims=True)
+    return (z - np.log(np.sum(np.exp(z), axis=axis, keepdims=True))).astype(x.dtype, copy=False)
+
+
+def _log_softmax_vjp(e, inputs, out, g, axis):
+    total = e.broadcast_like(e.sum(g, (axis,), keepdims=True), out)
+    return [e.sub(g, e.mul(e.exp(out), total))]
+
+
+defop("log_softmax", attrs={"axis": Attr(int, -1)}, infer=_log_softmax_infer, ref=_log_softmax_ref,
+      vjp=_log_softmax_vjp, num_inputs=1,
+      doc="x - max - log(sum(exp(x - max))): cross-entropy from logits without overflow.")
+
+
+def _argmax_infer(x: TensorType, axis: int) -> TensorType:
+    ax = norm_axis("argmax", axis, x.rank)
+    return TensorType(tuple(d for i, d in enumerate(x.shape) if i != ax), "int32")
+
+
+def _not_differentiable(name: str):
+    def vjp(e, inputs, out, g, **attrs):
+        return [None] * len(inputs)
+
+    vjp.__doc__ = f"{name} is piecewise constant: no gradient flows through it."
+    return vjp
+
+
+defop("argmax", attrs={"axis": Attr(int, -1)}, infer=_argmax_infer,
+      ref=lambda x, axis: np.argmax(x, axis=axis).astype(np.int32),
+      vjp=_not_differentiable("argmax"), num_inputs=1,
+      doc="Index of the first maximum along `axis` (accuracy metrics).")
+
+
+def _one_hot_infer(labels: TensorType, depth: int, dtype: str) -> TensorType:
+    if labels.dtype not in ("int32", "int64", "float32", "float64"):
+        raise TypeError(f"one_hot: labels must be integers (or integral floats), got {labels.dtype}")
+    return TensorType((*labels.shape, depth), dtype)
+
+
+def _one_hot_ref(labels: np.ndarray, depth: int, dtype: str) -> np.ndarray:
+    idx = labels.astype(np.int64)
+    return (idx[..., None] == np.arange(depth)).astype(dtype)
+
+
+defop("one_hot", attrs={"depth": Attr(int, check=lambda d: d > 0, help="> 0"),
+                        "dtype": Attr(str, "float32", is_dtype, DTYPE_HELP)},
+      infer=_one_hot_infer, ref=_one_hot_ref, vjp=_not_differentiable("one_hot"), num_inputs=1,
+      doc="1.0 at each label's index (labels outside [0, depth) give a zero row; the trainer "
+          "rejects them before they get here).")
+
+
+defop("stop_gradient", infer=lambda x: x, ref=lambda x: x,
+      vjp=lambda e, inputs, out, g: [None], num_inputs=1,
+      doc="Identity whose gradient is zero (the max shift of a stable softmax).", tags=("elementwise",))

@@ -35,9 +35,14 @@ class _Group:
     def _arg(self, v: Value, produced: dict[Value, int]) -> str:
         if v in produced:
             return f"s{produced[v]}"
-        if v not in self.inputs:
-            self.inputs.append(v)
-        return f"i{self.inputs.index(v)}"
+        # a GEMM/conv epilogue reads its operands from inputs 2.. only: a value that is also the
+        # anchor's data or kernel (x + conv(x)) gets its own epilogue slot
+        start = 2 if self.anchor in ANCHORS and self.steps else 0
+        for i in range(start, len(self.inputs)):
+            if self.inputs[i] is v:
+                return f"i{i}"
+        self.inputs.append(v)
+        return f"i{len(self.inputs) - 1}"
 
     def _append(self, node: Node, produced: dict[Value, int]) -> None:
         args = tuple(self._arg(v, produced) for v in node.inputs)

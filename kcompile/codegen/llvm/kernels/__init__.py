@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import importlib
 
-_FAMILIES = ("elementwise", "gemm", "fused", "reduce", "pool", "conv", "winograd", "movement", "random")
+_FAMILIES = ("elementwise", "gemm", "fused", "reduce", "pool", "conv", "winograd", "movement", "random",
+             "backward")
 
 
 def load_all() -> None:

@@ -64,6 +64,7 @@ class ConvPlan:
         self.panels = -(-self.copad // self.nr)
         self.last_nv = (self.copad - (self.panels - 1) * self.nr) // vw
         self.kinds = epilogue_kinds(node)
+        self.static = True  # packed weights (False: run-time HWIO weights read in place)
         # output columns whose taps are all in bounds horizontally: ow*sw - pl >= 0 and
         # ow*sw - pl + (kw-1)*dw <= w-1
         self.ow_lo = min(self.ow, -(-self.pl // self.sw))
@@ -84,16 +85,16 @@ def emit_conv(ctx: KernelContext, node: Node, program: tuple) -> ir.Function:
         if v.dtype != "float32":
             raise NotImplementedError(f"the LLVM conv2d is float32 only, got {v.dtype} in "
                                       f"{node.label or node.op}; use jit_compile=False")
-    if not ctx.is_static(node.inputs[1]):
-        raise NotImplementedError(f"conv2d with a kernel computed at run time ({node.label}) is not "
-                                  "compiled yet; use jit_compile=False")
     from kcompile.codegen.llvm.kernels import winograd
 
-    if os.environ.get("KCOMPILE_WINOGRAD", "1") != "0" and \
+    static = ctx.is_static(node.inputs[1])
+    if static and os.environ.get("KCOMPILE_WINOGRAD", "1") != "0" and \
             winograd.applies(node, program, ctx.target.vector_width):
         return winograd.emit_winograd(ctx, node, program)
     plan = ConvPlan(node, program, ctx.target.vector_width)
-    ctx.want_layout(1, ParamLayout("conv_panels", (plan.nr, plan.vw)))
+    plan.static = static
+    if static:
+        ctx.want_layout(1, ParamLayout("conv_panels", (plan.nr, plan.vw)))
     fn, kb, ins, out, n, tid, nt = ctx.new_kernel(node, "conv")
     b = kb.b
     extras = ins[2:]
@@ -113,7 +114,9 @@ def emit_conv(ctx: KernelContext, node: Node, program: tuple) -> ir.Function:
         interior_row = b.and_(b.icmp_signed(">=", oh, kb.i64(plan.oh_lo)),
                               b.icmp_signed("<", oh, kb.i64(plan.oh_hi)))
         with kb.loop(kb.i64(0), kb.i64(plan.panels), 1, "p") as p:
-            wpanel = kb.gep(ins[1], b.mul(p, kb.i64(plan.kh * plan.kw * plan.ci * plan.nr)))
+            # packed: panel p holds [KH][KW][Cin][NR]; run-time HWIO: columns start at col0
+            wpanel = kb.gep(ins[1], b.mul(p, kb.i64(plan.kh * plan.kw * plan.ci * plan.nr
+                                                    if plan.static else plan.nr)))
             col0 = b.mul(p, kb.i64(plan.nr))
 
             def per_panel(nvec: int, edge: bool) -> None:
@@ -162,7 +165,9 @@ def _conv_micro(ctx: KernelContext, node: Node, plan: ConvPlan, program: tuple, 
     x, wp, out, img, oh, ow, col0 = fn.args[:7]
     extras = list(fn.args[7:])
     vw, ci = plan.vw, plan.ci
-    stride = nvec * vw
+    stride = nvec * vw if plan.static else plan.co  # one (kh, kw, ci) row of the weights
+    edge_mask = kb.lane_mask(kb.i64(plan.co % vw)) if edge else None
+    w_mask = None if plan.static else edge_mask
     ksplit = max(1, min(3, 12 // (npix * nvec)))
     sets = [[[kb.var(kb.vec_type(), kb.vconst(0.0)) for _ in range(nvec)] for _ in range(npix)]
             for _ in range(ksplit)]
@@ -179,7 +184,8 @@ def _conv_micro(ctx: KernelContext, node: Node, plan: ConvPlan, program: tuple, 
 
         def step(c: ir.Value, accs: list) -> None:
             wrow = b.add(wbase, b.mul(c, kb.i64(stride)))
-            bvals = [kb.vload(wp, b.add(wrow, kb.i64(v * vw))) for v in range(nvec)]
+            bvals = [kb.load_vector(wp, b.add(wrow, kb.i64(v * vw)), w_mask if v == nvec - 1 else None)
+                     for v in range(nvec)]
             for r in range(npix):
                 av = kb.splat(kb.load(x, b.add(pix[r], c)))
                 for v in range(nvec):

@@ -35,18 +35,19 @@ def _outlined(name: str, emit: Callable[..., ir.Value]) -> Callable[..., ir.Valu
     called once per output vector in epilogues, and inlining it into every GEMM/conv variant
     multiplied compile time for nothing."""
 
-    def call(kb: KernelBuilder, x: ir.Value, **attrs) -> ir.Value:
+    def call(kb: KernelBuilder, *xs: ir.Value, **attrs) -> ir.Value:
+        x = xs[0]
         suffix = "_".join(f"{k}{int(v)}" for k, v in sorted(attrs.items()))
         width = x.type.count if isinstance(x.type, ir.VectorType) else 1
         fname = f"kc_{name}_v{width}{'_' + suffix if suffix else ''}"
         fn = kb.module.globals.get(fname)
         if fn is None:
-            fn = define(kb.module, fname, [x.type], kb.target, ret=x.type)
+            fn = define(kb.module, fname, [x.type] * len(xs), kb.target, ret=x.type)
             fn.attributes.add("noinline")
             inner = KernelBuilder(fn, kb.target)
-            inner.b.ret(emit(inner, fn.args[0], **attrs))
+            inner.b.ret(emit(inner, *fn.args, **attrs))
             inner.finish()
-        return kb.b.call(fn, [x])
+        return kb.b.call(fn, list(xs))
 
     return call
 
@@ -66,7 +67,23 @@ ELEMENTWISE: dict[str, Callable[..., ir.Value]] = {
     "log": _outlined("log", mathfn.log),
     "sqrt": lambda kb, a: kb.sqrt(a),
     "gelu": _outlined("gelu", lambda kb, a, approximate=False: mathfn.gelu(kb, a, approximate)),
+    "gelu_grad": _outlined("gelu_grad",
+                           lambda kb, a, approximate=False: mathfn.gelu_grad(kb, a, approximate)),
+    "minimum": lambda kb, a, b: kb.fmin(a, b),
+    "pow": _outlined("pow", mathfn.pow_),
+    "abs": lambda kb, a: kb.fabs(a),
+    "compare": lambda kb, a, b, predicate: _compare(kb, a, b, predicate),
+    "broadcast_like": lambda kb, a, like: a,
+    "stop_gradient": lambda kb, a: a,
 }
+
+_FCMP = {"gt": ">", "ge": ">=", "lt": "<", "le": "<=", "eq": "==", "ne": "!="}
+
+
+def _compare(kb: KernelBuilder, a: ir.Value, b: ir.Value, predicate: str) -> ir.Value:
+    cmp = kb.b.fcmp_unordered("!=", a, b) if predicate == "ne" else \
+        kb.b.fcmp_ordered(_FCMP[predicate], a, b)
+    return kb.b.uitofp(cmp, a.type)
 
 
 def eval_program(kb: KernelBuilder, steps: Sequence[tuple], operand: Callable[[int], ir.Value],

@@ -1,11 +1,13 @@
-"""GEMM with prepacked weights and a fused epilogue: out = epilogue(A @ B).
+"""GEMM with a register-tiled micro-kernel and a fused epilogue: out = epilogue(A @ B).
 
-B (static, K x N) is packed once per weight change into panels of NR = NV * vw columns, each stored
-[K][NR] contiguously, so the micro-kernel streams one panel with unit stride. The micro-kernel keeps
-an MR x NR tile of C in registers (6 x 64 = 24 zmm on AVX-512), broadcasts A[m, k] from memory and
-issues MR * NV FMAs per k. Threads split the panels, so each core keeps its own weight slice in its
-L2. The epilogue (bias, activation, BatchNorm scale/shift, residual) runs on the registers before
-the single store. Row and column edges use specialised micro-kernels and masked stores.
+Static B (weights at inference) is packed once per weight change into panels of NR = NV * vw
+columns, each stored [K][NR] contiguously, and threads split the panels so each core keeps its own
+weight slice in its L2. Run-time B (training: weights and gradients are graph inputs) is read in
+place, row stride N, with masked loads at the column edge; threads then split the rows. The
+micro-kernel keeps an MR x NR tile of C in registers (6 x 64 = 24 zmm on AVX-512), broadcasts
+A[m, k] from memory (any strides, so a transposed A costs nothing) and issues MR * NV FMAs per k.
+A transposed run-time B (dX = dY @ W^T in a training step) uses a dot-product kernel along K, where
+both operands are contiguous. Batched operands loop over the batch with per-operand strides.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ from kcompile.codegen.llvm.kernels.common import (
     product,
     split_range,
 )
-from kcompile.codegen.llvm.kernels.elementwise import eval_program
 from kcompile.ir.core import Node
 
 MR = 6
@@ -37,8 +38,11 @@ def panel_vectors(vw: int) -> int:
 
 
 @packer("panels")
-def pack_panels(w: np.ndarray, nr: int, vw: int) -> np.ndarray:
-    """(K, N) -> panels of nr columns (the last one padded with zeros to a multiple of vw)."""
+def pack_panels(w: np.ndarray, nr: int, vw: int, transpose: bool = False) -> np.ndarray:
+    """(K, N) (or (N, K) when `transpose`) -> panels of nr columns, the last one padded with zeros
+    to a multiple of vw."""
+    if transpose:
+        w = w.T
     k, n = w.shape
     npad = -(-n // vw) * vw
     padded = np.zeros((k, npad), np.float32)
@@ -48,108 +52,166 @@ def pack_panels(w: np.ndarray, nr: int, vw: int) -> np.ndarray:
 
 
 class GemmPlan:
-    """Static facts of one GEMM: sizes, panel geometry, epilogue operand kinds."""
+    """Static facts of one GEMM: dims (None = the batch size), strides, panel geometry."""
 
-    def __init__(self, node: Node, vw: int) -> None:
+    def __init__(self, node: Node, attrs: dict, vw: int, static_b: bool) -> None:
         a, w = node.inputs[0], node.inputs[1]
-        self.k, self.n = w.shape
-        self.m_shape = a.shape[:-1]
+        out = node.outputs[0]
+        self.ta, self.tb = attrs.get("transpose_a", False), attrs.get("transpose_b", False)
+        self.batch_shape = out.shape[:-2]
+        self.a_batch = a.shape[:-2]
+        self.b_batch = w.shape[:-2]
+        self.m, self.n = out.shape[-2], out.shape[-1]
+        self.k = a.shape[-2] if self.ta else a.shape[-1]
+        self.a_rows, self.a_cols = a.shape[-2], a.shape[-1]
+        self.static_b = static_b
         self.vw = vw
         self.nv = panel_vectors(vw)
         self.nr = self.nv * vw
+        if self.n is None:
+            raise NotImplementedError("matmul with a batch-sized N dimension is not compiled yet")
         self.npad = -(-self.n // vw) * vw
         self.panels = -(-self.npad // self.nr) if self.n else 0
         self.last_nv = (self.npad - (self.panels - 1) * self.nr) // vw if self.panels else 0
         self.kinds = epilogue_kinds(node)
 
 
+def _dim(kb: KernelBuilder, d, n: ir.Value) -> ir.Value:
+    return n if d is None else kb.i64(d)
+
+
 @lowering("matmul")
 def lower_matmul(ctx: KernelContext, node: Node) -> ir.Function:
-    program = (("matmul", ("i0", "i1"), ()),)
+    program = (("matmul", ("i0", "i1"), tuple(sorted(node.attrs.items()))),)
     return emit_gemm(ctx, node, program)
 
 
 def emit_gemm(ctx: KernelContext, node: Node, program: tuple) -> ir.Function:
-    w = node.inputs[1]
     for v in [*node.inputs, *node.outputs]:
         if v.dtype != "float32":
             raise NotImplementedError(f"the LLVM GEMM is float32 only, got {v.dtype} in "
                                       f"{node.label or node.op}; use jit_compile=False")
-    if w.type.rank != 2 or not ctx.is_static(w):
-        return _emit_dynamic_matmul(ctx, node, program)
-    plan = GemmPlan(node, ctx.target.vector_width)
-    ctx.want_layout(1, ParamLayout("panels", (plan.nr, plan.vw)))
+    w = node.inputs[1]
+    attrs = dict(program[0][2])
+    static_b = ctx.is_static(w) and w.type.rank == 2
+    plan = GemmPlan(node, attrs, ctx.target.vector_width, static_b)
+    if static_b:
+        ctx.want_layout(1, ParamLayout("panels", (plan.nr, plan.vw, plan.tb)))
+    elif plan.tb:
+        if plan.ta:
+            raise NotImplementedError("matmul with both operands transposed and computed at run "
+                                      "time is not compiled yet")
+        return _emit_dot_gemm(ctx, node, plan, program)
     fn, kb, ins, out, n, tid, nt = ctx.new_kernel(node, "gemm")
     b = kb.b
-    m = product(kb, dim_values(kb, plan.m_shape, n))
-    if plan.panels == 0 or plan.k == 0:
-        _zero_k_fill(kb, ins, out, m, plan, program, tid, nt)
+    m, kdim = _dim(kb, plan.m, n), _dim(kb, plan.k, n)
+    a_rows, a_cols = _dim(kb, plan.a_rows, n), _dim(kb, plan.a_cols, n)
+    sam, sak = (kb.i64(1), a_cols) if plan.ta else (a_cols, kb.i64(1))
+    if plan.panels == 0:
         kb.finish()
         return fn
-    micro = {}
-    p_lo, p_hi = split_range(kb, kb.i64(plan.panels), tid, nt)
-    with kb.loop(p_lo, p_hi, 1, "p") as p:
-        col0 = b.mul(p, kb.i64(plan.nr))
-        bpanel = kb.gep(ins[1], b.mul(p, kb.i64(plan.k * plan.nr)))
-        full_rows = b.mul(b.sdiv(m, kb.i64(MR)), kb.i64(MR))
-        rem = b.sub(m, full_rows)
+    batches = product(kb, dim_values(kb, plan.batch_shape, n))
+    a_bstride = kb.i64(0) if not plan.a_batch else b.mul(a_rows, a_cols)
+    b_bstride = kb.i64(0) if not plan.b_batch else b.mul(kdim, kb.i64(plan.n))
+    c_bstride = b.mul(m, kb.i64(plan.n))
+    micro: dict[tuple, ir.Function] = {}
+    full_rows = b.mul(b.sdiv(m, kb.i64(MR)), kb.i64(MR))
+    rem = b.sub(m, full_rows)
 
-        def call(rows: int, nvec: int, edge: bool, row0: ir.Value) -> None:
-            key = (rows, nvec, edge)
-            if key not in micro:
-                micro[key] = _micro_kernel(ctx, node, plan, program, rows, nvec, edge)
-            b.call(micro[key], [ins[0], bpanel, out, row0, col0,
-                                *[ins[i] for i in range(2, len(ins))]])
+    def call(rows, nvec, edge, a_ptr, b_ptr, c_off, row0, col0, b_stride):
+        key = (rows, nvec, edge)
+        if key not in micro:
+            micro[key] = _micro_kernel(ctx, node, plan, program, rows, nvec, edge)
+        b.call(micro[key], [a_ptr, b_ptr, out, c_off, row0, col0, kdim, sam, sak, b_stride,
+                            *[ins[i] for i in range(2, len(ins))]])
 
-        def for_panel(nvec: int, edge: bool) -> None:
-            with kb.loop(kb.i64(0), full_rows, MR, "m") as m0:
-                call(MR, nvec, edge, m0)
-            for r in range(1, MR):
-                with kb.if_then(b.icmp_signed("==", rem, kb.i64(r))):
-                    call(r, nvec, edge, full_rows)
+    if static_b:  # threads split the packed panels; each panel sweeps every row
+        p_lo, p_hi = split_range(kb, kb.i64(plan.panels), tid, nt)
+        with kb.loop(kb.i64(0), batches, 1, "bt") as bt:
+            a_ptr = kb.gep(ins[0], b.mul(bt, a_bstride))
+            c_ptr = b.mul(bt, c_bstride)  # element offset of this batch's C (and full operands)
+            with kb.loop(p_lo, p_hi, 1, "p") as p:
+                col0 = b.mul(p, kb.i64(plan.nr))
+                bpanel = kb.gep(ins[1], b.mul(p, b.mul(kdim, kb.i64(plan.nr))))
 
-        for_panel_variants(kb, p, plan.panels, plan.nv, plan.last_nv, plan.n % plan.vw != 0,
-                           for_panel)
+                def for_panel(nvec: int, edge: bool) -> None:
+                    stride = kb.i64(nvec * plan.vw)
+                    with kb.loop(kb.i64(0), full_rows, MR, "m") as m0:
+                        call(MR, nvec, edge, a_ptr, bpanel, c_ptr, m0, col0, stride)
+                    for r in range(1, MR):
+                        with kb.if_then(b.icmp_signed("==", rem, kb.i64(r))):
+                            call(r, nvec, edge, a_ptr, bpanel, c_ptr, full_rows, col0, stride)
+
+                for_panel_variants(kb, p, plan.panels, plan.nv, plan.last_nv,
+                                   plan.n % plan.vw != 0, for_panel)
+    else:  # run-time B read in place (row stride N); threads split row blocks of every batch
+        blocks = b.sdiv(b.add(m, kb.i64(MR - 1)), kb.i64(MR))
+        lo, hi = split_range(kb, b.mul(batches, blocks), tid, nt)
+        with kb.loop(lo, hi, 1, "blk") as blk:
+            bt = b.sdiv(blk, blocks)
+            row0 = b.mul(b.srem(blk, blocks), kb.i64(MR))
+            a_ptr = kb.gep(ins[0], b.mul(bt, a_bstride))
+            b_base = kb.gep(ins[1], b.mul(bt, b_bstride))
+            c_ptr = b.mul(bt, c_bstride)
+            rows_here = b.sub(m, row0)
+            with kb.loop(kb.i64(0), kb.i64(plan.panels), 1, "p") as p:
+                col0 = b.mul(p, kb.i64(plan.nr))
+                b_ptr = kb.gep(b_base, col0)
+
+                def for_cols(nvec: int, edge: bool) -> None:
+                    with b.if_else(b.icmp_signed(">=", rows_here, kb.i64(MR))) as (full, part):
+                        with full:
+                            call(MR, nvec, edge, a_ptr, b_ptr, c_ptr, row0, col0, kb.i64(plan.n))
+                        with part:
+                            for r in range(1, MR):
+                                with kb.if_then(b.icmp_signed("==", rows_here, kb.i64(r))):
+                                    call(r, nvec, edge, a_ptr, b_ptr, c_ptr, row0, col0,
+                                         kb.i64(plan.n))
+
+                for_panel_variants(kb, p, plan.panels, plan.nv, plan.last_nv,
+                                   plan.n % plan.vw != 0, for_cols)
     kb.finish()
     return fn
 
 
 def _micro_kernel(ctx: KernelContext, node: Node, plan: GemmPlan, program: tuple, rows: int,
                   nvec: int, edge: bool) -> ir.Function:
-    """C[row0:row0+rows, col0:col0+nvec*vw] = epilogue(A rows @ B panel); with `edge`, the last
-    vector is stored masked to the n % vw real columns."""
+    """C[row0:row0+rows, col0:col0+nvec*vw] = epilogue(A rows @ B columns). A[m, k] is at
+    a + m*sam + k*sak; B's row k starts at b + k*sb. With `edge`, the last vector covers only the
+    n % vw real columns: stored masked, and read masked from an unpacked B."""
     n_extra = len(node.inputs) - 2
     ctx.counter += 1
     fn = define(ctx.module, f"k{ctx.counter}_gemm_{rows}x{nvec}",
-                [PTR, PTR, PTR, I64, I64] + [PTR] * n_extra, ctx.target)
+                [PTR, PTR, PTR, I64, I64, I64, I64, I64, I64, I64] + [PTR] * n_extra, ctx.target)
     kb = KernelBuilder(fn, ctx.target)
     b = kb.b
-    a_ptr, b_ptr, out, row0, col0 = fn.args[:5]
-    extras = list(fn.args[5:])
-    vw, k_dim, n_dim = plan.vw, plan.k, plan.n
-    stride = nvec * vw  # the panel's row stride (the last panel is packed narrower)
+    a_ptr, b_ptr, out, c_off, row0, col0, k_dim, sam, sak, sb = fn.args[:10]
+    extras = list(fn.args[10:])
+    vw, n_dim = plan.vw, plan.n
+    edge_mask = kb.lane_mask(kb.i64(n_dim % vw)) if edge else None
+    b_mask = None if plan.static_b else edge_mask
     # Few rows leave the FMA latency exposed (one chain per accumulator): split K over `ksplit`
     # accumulator sets and add them at the end.
     ksplit = max(1, min(4, 12 // (rows * nvec)))
-    ksplit = ksplit if k_dim >= 4 * ksplit else 1
     sets = [[[kb.var(kb.vec_type(), kb.vconst(0.0)) for _ in range(nvec)] for _ in range(rows)]
             for _ in range(ksplit)]
-    a_rows = [kb.gep(a_ptr, b.mul(b.add(row0, kb.i64(r)), kb.i64(k_dim))) for r in range(rows)]
-    k_main = k_dim - k_dim % ksplit
+    a_rows = [kb.gep(a_ptr, b.mul(b.add(row0, kb.i64(r)), sam)) for r in range(rows)]
 
     def step(k: ir.Value, accs: list) -> None:
-        brow = b.mul(k, kb.i64(stride))
-        bvals = [kb.vload(b_ptr, b.add(brow, kb.i64(v * vw))) for v in range(nvec)]
+        brow = b.mul(k, sb)
+        bvals = [kb.load_vector(b_ptr, b.add(brow, kb.i64(v * vw)),
+                                b_mask if v == nvec - 1 else None) for v in range(nvec)]
         for r in range(rows):
-            av = kb.splat(kb.load(a_rows[r], k))
+            av = kb.splat(kb.load(a_rows[r], b.mul(k, sak)))
             for v in range(nvec):
                 kb.set(accs[r][v], kb.fma(av, bvals[v], kb.get(accs[r][v])))
 
-    with kb.loop(kb.i64(0), kb.i64(k_main), ksplit, "k") as k0:
+    k_main = b.mul(b.sdiv(k_dim, kb.i64(ksplit)), kb.i64(ksplit))
+    with kb.loop(kb.i64(0), k_main, ksplit, "k") as k0:
         for s_ in range(ksplit):
             step(b.add(k0, kb.i64(s_)), sets[s_])
-    for kk in range(k_main, k_dim):
-        step(kb.i64(kk), sets[0])
+    with kb.loop(k_main, k_dim, 1, "kr") as kr:
+        step(kr, sets[0])
     accs = sets[0]
     for extra in sets[1:]:
         for r in range(rows):
@@ -159,65 +221,72 @@ def _micro_kernel(ctx: KernelContext, node: Node, plan: GemmPlan, program: tuple
         row = b.add(row0, kb.i64(r))
         for v in range(nvec):
             col = b.add(col0, kb.i64(v * vw))
-            mask = kb.lane_mask(kb.i64(n_dim % vw)) if edge and v == nvec - 1 else None
-            idx = b.add(b.mul(row, kb.i64(n_dim)), col)
+            mask = edge_mask if v == nvec - 1 else None
+            idx = b.add(c_off, b.add(b.mul(row, kb.i64(n_dim)), col))
             value = apply_epilogue(kb, program, plan.kinds, extras, kb.get(accs[r][v]), col, idx, mask)
             kb.store_vector(value, out, idx, mask)
     kb.finish()
     return fn
 
 
-def _zero_k_fill(kb: KernelBuilder, ins, out, m, plan: GemmPlan, program, tid, nt) -> None:
-    """K == 0 (or N == 0): the product is zeros; still apply the epilogue."""
+def _emit_dot_gemm(ctx: KernelContext, node: Node, plan: GemmPlan, program: tuple) -> ir.Function:
+    """C = A @ Bs^T with Bs stored (N, K) at run time: each C element is a dot product of two
+    contiguous rows; 4 columns at a time share the loads of the A row."""
+    fn, kb, ins, out, n, tid, nt = ctx.new_kernel(node, "gemm_dot")
     b = kb.b
-    lo, hi = split_range(kb, m, tid, nt)
-    with kb.loop(lo, hi, 1, "m") as row:
-        for c in range(plan.n):
-            def operand(i: int, c=c):
-                kind = plan.kinds[i]
-                idx = kb.i64(0) if kind == "scalar" else kb.i64(c) if kind == "channel" else \
-                    b.add(b.mul(row, kb.i64(plan.n)), kb.i64(c))
-                return kb.load(ins[i], idx)
-            value = eval_program(kb, program, operand, [kb.f32(0.0)]) if len(program) > 1 \
-                else kb.f32(0.0)
-            kb.store(value, out, b.add(b.mul(row, kb.i64(plan.n)), kb.i64(c)))
-
-
-def _emit_dynamic_matmul(ctx: KernelContext, node: Node, program: tuple) -> ir.Function:
-    """Both operands computed at run time (or batched B): a straightforward vectorised loop."""
-    a_t, b_t = node.inputs[0].type, node.inputs[1].type
-    out_t = node.outputs[0].type
-    fn, kb, ins, out, n, tid, nt = ctx.new_kernel(node, "matmul")
-    b = kb.b
-    mdim, kdim, ndim = a_t.shape[-2], a_t.shape[-1], b_t.shape[-1]
-    batch_shape = out_t.shape[:-2]
-    batches = product(kb, dim_values(kb, batch_shape, n))
-    m = n if mdim is None else kb.i64(mdim)
-    a_batch = product(kb, dim_values(kb, a_t.shape[:-2], n))
-    b_batch = product(kb, dim_values(kb, b_t.shape[:-2], n))
-    lo, hi = split_range(kb, batches, tid, nt)
     vw = kb.vw
-    with kb.loop(lo, hi, 1, "bt") as bt:
-        # operands with a size-1 (or absent) batch are broadcast
-        a_off = b.mul(b.select(b.icmp_signed("==", a_batch, kb.i64(1)), kb.i64(0), bt),
-                      b.mul(m, kb.i64(kdim)))
-        b_off = b.mul(b.select(b.icmp_signed("==", b_batch, kb.i64(1)), kb.i64(0), bt),
-                      kb.i64(kdim * ndim))
-        o_off = b.mul(bt, b.mul(m, kb.i64(ndim)))
-        with kb.loop(kb.i64(0), m, 1, "mm") as i:
-            for c0 in range(0, ndim, vw):
-                cnt = min(vw, ndim - c0)
-                mask = kb.lane_mask(kb.i64(cnt)) if cnt < vw else None
-                acc = kb.var(kb.vec_type(), kb.vconst(0.0))
-                with kb.loop(kb.i64(0), kb.i64(kdim), 1, "kk") as k:
-                    av = kb.splat(kb.load(ins[0], b.add(a_off, b.add(b.mul(i, kb.i64(kdim)), k))))
-                    bidx = b.add(b_off, b.add(b.mul(k, kb.i64(ndim)), kb.i64(c0)))
-                    bv = kb.load_vector(ins[1], bidx, mask)
-                    kb.set(acc, kb.fma(av, bv, kb.get(acc)))
-                idx = b.add(o_off, b.add(b.mul(i, kb.i64(ndim)), kb.i64(c0)))
-                if len(program) > 1:
-                    raise NotImplementedError("epilogues on a dynamic matmul are not fused")
-                kb.store_vector(kb.get(acc), out, idx, mask)
+    m, kdim = _dim(kb, plan.m, n), _dim(kb, plan.k, n)
+    batches = product(kb, dim_values(kb, plan.batch_shape, n))
+    a_bstride = kb.i64(0) if not plan.a_batch else b.mul(m, kdim)
+    b_bstride = kb.i64(0) if not plan.b_batch else b.mul(kb.i64(plan.n), kdim)
+    extras = [ins[i] for i in range(2, len(ins))]
+    lo, hi = split_range(kb, b.mul(batches, m), tid, nt)
+    cols = 4
+    k_full = b.mul(b.sdiv(kdim, kb.i64(vw)), kb.i64(vw))
+    k_left = b.sub(kdim, k_full)
+    tail = kb.lane_mask(k_left)
+    with kb.loop(lo, hi, 1, "row") as row:
+        bt = b.sdiv(row, m)
+        a_row = kb.gep(ins[0], b.add(b.mul(bt, a_bstride), b.mul(b.srem(row, m), kdim)))
+        b_base = kb.gep(ins[1], b.mul(bt, b_bstride))
+
+        def columns(j0: ir.Value, count: int) -> None:
+            accs = [kb.var(kb.vec_type(), kb.vconst(0.0)) for _ in range(count)]
+            b_rows = [kb.gep(b_base, b.mul(b.add(j0, kb.i64(c)), kdim)) for c in range(count)]
+            with kb.loop(kb.i64(0), k_full, vw, "k") as k:
+                av = kb.vload(a_row, k)
+                for c in range(count):
+                    kb.set(accs[c], kb.fma(av, kb.vload(b_rows[c], k), kb.get(accs[c])))
+            with kb.if_then(b.icmp_signed(">", k_left, kb.i64(0))):
+                av = kb.masked_load(a_row, k_full, tail)
+                for c in range(count):
+                    kb.set(accs[c], kb.fma(av, kb.masked_load(b_rows[c], k_full, tail),
+                                           kb.get(accs[c])))
+            for c in range(count):
+                col = b.add(j0, kb.i64(c))
+                idx = b.add(b.mul(row, kb.i64(plan.n)), col)
+                value = kb.reduce_add(kb.get(accs[c]))
+                value = _scalar_epilogue(kb, plan, program, extras, value, col, idx)
+                kb.store(value, out, idx)
+
+        full = plan.n - plan.n % cols
+        if full:
+            with kb.loop(kb.i64(0), kb.i64(full), cols, "j") as j0:
+                columns(j0, cols)
+        if plan.n % cols:
+            columns(kb.i64(full), plan.n % cols)
     kb.finish()
     return fn
 
+
+def _scalar_epilogue(kb: KernelBuilder, plan: GemmPlan, program: tuple, extras: list,
+                     value: ir.Value, col: ir.Value, idx: ir.Value) -> ir.Value:
+    if len(program) == 1:
+        return value
+    from kcompile.codegen.llvm.kernels.elementwise import eval_program
+
+    def operand(i: int) -> ir.Value:
+        kind = plan.kinds[i]
+        return kb.load(extras[i - 2], 0 if kind == "scalar" else col if kind == "channel" else idx)
+
+    return eval_program(kb, program, operand, [value])

@@ -116,3 +116,46 @@ def lower_constant(ctx: KernelContext, node: Node) -> ir.Function:
             kb.store(kb.load(glob, i, I8), out, i)
     kb.finish()
     return fn
+
+
+@lowering("slice")
+def lower_slice(ctx: KernelContext, node: Node) -> ir.Function:
+    x = node.inputs[0]
+    axis = norm_axis("slice", node.attrs["axis"], x.type.rank)
+    start, stop = node.attrs["start"], node.attrs["stop"]
+    size = np.dtype(x.dtype).itemsize
+    fn, kb, (xp,), out, n, tid, nt = ctx.new_kernel(node, "slice")
+    b = kb.b
+    outer = product(kb, dim_values(kb, x.shape[:axis], n))
+    inner = int(np.prod([d for d in x.shape[axis + 1:]], dtype=np.int64)) * size
+    lo, hi = split_range(kb, outer, tid, nt)
+    chunk = (stop - start) * inner
+    with kb.loop(lo, hi, 1, "o") as o:
+        src = b.add(b.mul(o, kb.i64(x.shape[axis] * inner)), kb.i64(start * inner))
+        dst = b.mul(o, kb.i64(chunk))
+        with kb.loop(kb.i64(0), kb.i64(chunk), 1, "c") as i:
+            kb.store(kb.load(xp, b.add(src, i), I8), out, b.add(dst, i))
+    kb.finish()
+    return fn
+
+
+@lowering("one_hot")
+def lower_one_hot(ctx: KernelContext, node: Node) -> ir.Function:
+    labels = node.inputs[0]
+    depth = node.attrs["depth"]
+    if node.outputs[0].dtype != "float32":
+        raise NotImplementedError("the LLVM one_hot writes float32 only; use jit_compile=False")
+    src_t = llvm_type(labels.dtype)
+    fn, kb, (lp,), out, n, tid, nt = ctx.new_kernel(node, "one_hot")
+    b = kb.b
+    total = product(kb, dim_values(kb, labels.shape, n))
+    lo, hi = split_range(kb, total, tid, nt)
+    with kb.loop(lo, hi, 1, "l") as i:
+        raw = kb.load(lp, i, src_t)
+        label = b.fptosi(raw, ir.IntType(64)) if labels.dtype.startswith("float") else \
+            b.sext(raw, ir.IntType(64)) if raw.type.width < 64 else raw
+        with kb.loop(kb.i64(0), kb.i64(depth), 1, "d") as d:
+            hit = b.uitofp(b.icmp_signed("==", d, label), kb.f32(0).type)
+            kb.store(hit, out, b.add(b.mul(i, kb.i64(depth)), d))
+    kb.finish()
+    return fn

@@ -117,12 +117,13 @@ def _reduce_inner(kb: KernelBuilder, op: str, xp, out, o, base, red, inner, scal
         chunk(full, kb.lane_mask(cnt))
 
 
-@lowering("softmax")
+@lowering("softmax", "log_softmax")
 def lower_softmax(ctx: KernelContext, node: Node) -> ir.Function:
     _require_f32(node)
     x = node.inputs[0]
-    axis = norm_axis("softmax", node.attrs["axis"], x.type.rank)
-    fn, kb, (xp,), out, n, tid, nt = ctx.new_kernel(node, "softmax")
+    log = node.op == "log_softmax"
+    axis = norm_axis(node.op, node.attrs["axis"], x.type.rank)
+    fn, kb, (xp,), out, n, tid, nt = ctx.new_kernel(node, node.op)
     b = kb.b
     outer, red, inner = _oai(kb, x.shape, axis, axis, n)
     lo, hi = split_range(kb, outer, tid, nt)
@@ -130,20 +131,21 @@ def lower_softmax(ctx: KernelContext, node: Node) -> ir.Function:
     with kb.loop(lo, hi, 1, "o") as o:
         base = b.mul(o, b.mul(red, inner))
         if x.shape[axis + 1:] == ():
-            _softmax_row(kb, xp, out, base, red)
+            _softmax_row(kb, xp, out, base, red, log)
         else:
             full = b.mul(b.sdiv(inner, kb.i64(vw)), kb.i64(vw))
             with kb.loop(kb.i64(0), full, vw, "i") as i0:
-                _softmax_strided(kb, xp, out, b.add(base, i0), red, inner, None)
+                _softmax_strided(kb, xp, out, b.add(base, i0), red, inner, None, log)
             cnt = b.sub(inner, full)
             with kb.if_then(b.icmp_signed(">", cnt, kb.i64(0))):
-                _softmax_strided(kb, xp, out, b.add(base, full), red, inner, kb.lane_mask(cnt))
+                _softmax_strided(kb, xp, out, b.add(base, full), red, inner, kb.lane_mask(cnt), log)
     kb.finish()
     return fn
 
 
-def _softmax_row(kb: KernelBuilder, xp, out, base, red) -> None:
-    """Contiguous row: vector max, then exp + sum (stored), then scale."""
+def _softmax_row(kb: KernelBuilder, xp, out, base, red, log: bool) -> None:
+    """Contiguous row: vector max, then exp + sum (stored), then scale; for log_softmax the last
+    pass writes x - (max + log(sum)) instead."""
     b = kb.b
     vw = kb.vw
     full = b.mul(b.sdiv(red, kb.i64(vw)), kb.i64(vw))
@@ -160,12 +162,22 @@ def _softmax_row(kb: KernelBuilder, xp, out, base, red) -> None:
     total = kb.var(kb.vec_type(), kb.vconst(0.0))
     with kb.loop(kb.i64(0), full, vw, "r") as r:
         e = mathfn.exp(kb, b.fsub(kb.vload(xp, b.add(base, r)), m))
-        kb.vstore(e, out, b.add(base, r))
+        if not log:
+            kb.vstore(e, out, b.add(base, r))
         kb.set(total, b.fadd(kb.get(total), e))
     with kb.if_then(has_tail):
         e = mathfn.exp(kb, b.fsub(kb.masked_load(xp, b.add(base, full), mask, passthru=ninf), m))
-        kb.masked_store(e, out, b.add(base, full), mask)
+        if not log:
+            kb.masked_store(e, out, b.add(base, full), mask)
         kb.set(total, b.fadd(kb.get(total), e))
+    if log:
+        lse = b.fadd(m, kb.splat(mathfn.log(kb, kb.reduce_add(kb.get(total)))))
+        with kb.loop(kb.i64(0), full, vw, "r") as r:
+            kb.vstore(b.fsub(kb.vload(xp, b.add(base, r)), lse), out, b.add(base, r))
+        with kb.if_then(has_tail):
+            kb.masked_store(b.fsub(kb.masked_load(xp, b.add(base, full), mask), lse), out,
+                            b.add(base, full), mask)
+        return
     inv = kb.splat(b.fdiv(kb.f32(1.0), kb.reduce_add(kb.get(total))))
     with kb.loop(kb.i64(0), full, vw, "r") as r:
         kb.vstore(b.fmul(kb.vload(out, b.add(base, r)), inv), out, b.add(base, r))
@@ -174,7 +186,7 @@ def _softmax_row(kb: KernelBuilder, xp, out, base, red) -> None:
                         b.add(base, full), mask)
 
 
-def _softmax_strided(kb: KernelBuilder, xp, out, start, red, inner, mask) -> None:
+def _softmax_strided(kb: KernelBuilder, xp, out, start, red, inner, mask, log: bool) -> None:
     b = kb.b
 
     def load(ptr, r):
@@ -191,9 +203,44 @@ def _softmax_strided(kb: KernelBuilder, xp, out, start, red, inner, mask) -> Non
     with kb.loop(kb.i64(0), red, 1, "r") as r:
         v, idx = load(xp, r)
         e = mathfn.exp(kb, b.fsub(v, kb.get(mx)))
-        store(e, idx)
+        if not log:
+            store(e, idx)
         kb.set(total, b.fadd(kb.get(total), e))
+    if log:
+        lse = b.fadd(kb.get(mx), mathfn.log(kb, kb.get(total)))
+        with kb.loop(kb.i64(0), red, 1, "r") as r:
+            v, idx = load(xp, r)
+            store(b.fsub(v, lse), idx)
+        return
     inv = b.fdiv(kb.vconst(1.0), kb.get(total))
     with kb.loop(kb.i64(0), red, 1, "r") as r:
         v, idx = load(out, r)
         store(b.fmul(v, inv), idx)
+
+
+@lowering("argmax")
+def lower_argmax(ctx: KernelContext, node: Node) -> ir.Function:
+    """First index of the maximum along the axis (scalar loop: metrics only)."""
+    x = node.inputs[0]
+    axis = norm_axis("argmax", node.attrs["axis"], x.type.rank)
+    fn, kb, (xp,), out, n, tid, nt = ctx.new_kernel(node, "argmax")
+    b = kb.b
+    outer, red, inner = _oai(kb, x.shape, axis, axis, n)
+    lo, hi = split_range(kb, outer, tid, nt)
+    i32 = ir.IntType(32)
+    with kb.loop(lo, hi, 1, "o") as o:
+        with kb.loop(kb.i64(0), inner, 1, "i") as i:
+            base = b.add(b.mul(o, b.mul(red, inner)), i)
+            best = kb.var(kb.f32(0).type, kb.f32(-math.inf))
+            where = kb.var(i32, ir.Constant(i32, 0))
+            with kb.loop(kb.i64(0), red, 1, "r") as r:
+                v = kb.load(xp, b.add(base, b.mul(r, inner)))
+                better = b.or_(b.fcmp_ordered(">", v, kb.get(best)),
+                               b.and_(b.fcmp_unordered("uno", v, v),
+                                      b.fcmp_ordered("ord", kb.get(best), kb.get(best))))
+                with kb.if_then(better):
+                    kb.set(best, v)
+                    kb.set(where, b.trunc(r, i32))
+            kb.store(kb.get(where), out, b.add(b.mul(o, inner), i))
+    kb.finish()
+    return fn

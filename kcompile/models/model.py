@@ -55,7 +55,12 @@ class Model(Layer):
             raise TypeError(f"compile: run_eagerly must be a bool, got {run_eagerly!r}")
         self._jit_compile = jit_compile is not False and not run_eagerly
         self._jit_explicit = jit_compile is True and not run_eagerly
-        self.optimizer, self.loss, self.metrics_config = optimizer, loss, metrics
+        from kcompile import losses, optimizers
+
+        self.optimizer = optimizers.get(optimizer)
+        self.loss = losses.get(loss) if loss is not None else None
+        self.metrics_config = metrics
+        self._train_steps = {}
         self.loss_weights, self.weighted_metrics = loss_weights, weighted_metrics
         self.steps_per_execution = steps_per_execution
         self.compiled = True
@@ -195,6 +200,34 @@ class Model(Layer):
         outs = [np.concatenate([c[i] for c in chunks], axis=0) for i in range(len(chunks[0]))]
         lowered = self._lowered_for(sigs, structure, False)
         return tree.pack_as(self._output_structure(lowered), outs)
+
+    def train_on_batch(self, x: Any, y: Any = None, sample_weight: Any = None,
+                       class_weight: Any = None, return_dict: bool = False) -> Any:
+        """One optimizer step on one batch; returns the loss (before the update), as Keras."""
+        if sample_weight is not None or class_weight is not None:
+            raise ValueError("train_on_batch: sample_weight/class_weight are not supported yet")
+        step, arrays = self._train_step_for(x)
+        batch = arrays[0].shape[0] if arrays and arrays[0].ndim else 1
+        yy = step.check_labels(y, batch)
+        key = None
+        if step.needs_rng_key:
+            key = np.array([self._rng_seed, self._rng_step], np.uint32)
+            self._rng_step += 1
+        loss = step.run(arrays, yy, key)
+        return {"loss": loss} if return_dict else loss
+
+    def _train_step_for(self, x: Any):
+        from kcompile.models.training import TrainStep
+
+        if not getattr(self, "compiled", False) or getattr(self, "loss", None) is None:
+            raise RuntimeError(f"Model '{self.name}': call compile(optimizer, loss) before training")
+        sigs, structure = self.input_signature(x)
+        arrays = prepare_inputs(self.name, sigs, x)
+        key = (tuple(sigs), repr(structure))
+        if key not in self._train_steps:
+            self._train_steps[key] = TrainStep(self, sigs, structure, self.loss, self.optimizer,
+                                               self._jit_compile)
+        return self._train_steps[key], arrays
 
     def predict_on_batch(self, x: Any) -> Any:
         return self._run(x, training=False)

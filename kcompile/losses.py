@@ -1,0 +1,158 @@
+"""Keras losses, written as IR so every executor (and the training-step export) runs them.
+
+`loss.build(e, y_true, y_pred, sample_weight)` appends the scalar loss to a graph with Keras's
+formulas and its default reduction, "sum_over_batch_size": sum(per-sample loss * weight) / number
+of per-sample losses.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from kcompile.ir.core import Graph, TensorType, Value
+from kcompile.ir.emit import Emitter
+from kcompile.ir.interpret import run
+
+EPSILON = 1e-7  # keras.backend.epsilon()
+
+
+class Loss:
+    name = "loss"
+
+    def __init__(self, reduction: str = "sum_over_batch_size", name: str | None = None) -> None:
+        if reduction not in ("sum_over_batch_size", "sum", "mean", "none"):
+            raise ValueError(f"{type(self).__name__}: unknown reduction {reduction!r}")
+        self.reduction = reduction
+        self.name = name or self.name
+
+    def label_type(self, pred: TensorType) -> TensorType:
+        """What y_true must look like for predictions of type `pred`."""
+        return pred
+
+    def per_sample(self, e: Emitter, y_true: Value, y_pred: Value) -> Value:
+        raise NotImplementedError
+
+    def build(self, e: Emitter, y_true: Value, y_pred: Value, sample_weight: Value | None = None
+              ) -> Value:
+        losses = self.per_sample(e, y_true, y_pred)
+        if sample_weight is not None:
+            losses = e.mul(losses, e.reshape(sample_weight, losses.shape))
+        if self.reduction == "none":
+            return losses
+        total = e.sum(losses)
+        if self.reduction in ("sum_over_batch_size", "mean"):
+            ones = e.broadcast_like(e.const(1.0, losses.dtype), losses)
+            total = e.div(total, e.sum(ones))
+        return total
+
+    def __call__(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> np.ndarray:
+        """Eager evaluation on arrays (as `keras.losses.X()(y_true, y_pred)`)."""
+        y_pred = np.asarray(y_pred, np.float32)
+        y_true = np.asarray(y_true, self.label_type(TensorType(y_pred.shape)).dtype)
+        g = Graph(name=self.name)
+        t = g.add_input(TensorType(y_true.shape, y_true.dtype), "y_true")
+        p = g.add_input(TensorType(y_pred.shape, "float32"), "y_pred")
+        feeds = [y_true, y_pred]
+        w = None
+        if sample_weight is not None:
+            sw = np.asarray(sample_weight, np.float32)
+            w = g.add_input(TensorType(sw.shape, "float32"), "sample_weight")
+            feeds.append(sw)
+        g.outputs = [self.build(Emitter(g), t, p, w)]
+        return run(g, feeds)[0]
+
+    def get_config(self) -> dict[str, Any]:
+        return {"name": self.name, "reduction": self.reduction}
+
+
+class MeanSquaredError(Loss):
+    name = "mean_squared_error"
+
+    def per_sample(self, e, y_true, y_pred):
+        return e.mean(e.square(e.sub(y_pred, y_true)), (-1 % y_pred.type.rank,))
+
+
+class MeanAbsoluteError(Loss):
+    name = "mean_absolute_error"
+
+    def per_sample(self, e, y_true, y_pred):
+        return e.mean(e.abs(e.sub(y_pred, y_true)), (-1 % y_pred.type.rank,))
+
+
+class _FromLogits(Loss):
+    def __init__(self, from_logits: bool = False, reduction: str = "sum_over_batch_size",
+                 name: str | None = None) -> None:
+        super().__init__(reduction, name)
+        self.from_logits = bool(from_logits)
+
+    def get_config(self):
+        return {**super().get_config(), "from_logits": self.from_logits}
+
+
+class BinaryCrossentropy(_FromLogits):
+    name = "binary_crossentropy"
+
+    def per_sample(self, e, y_true, y_pred):
+        if self.from_logits:  # log_sigmoid(x) = min(x, 0) - log(1 + exp(-|x|))
+            def log_sigmoid(x):
+                return e.sub(e.minimum(x, 0.0), e.log(e.add(1.0, e.exp(e.neg(e.abs(x))))))
+            bce = e.add(e.mul(y_true, log_sigmoid(y_pred)),
+                        e.mul(e.sub(1.0, y_true), log_sigmoid(e.neg(y_pred))))
+        else:
+            p = e.minimum(e.maximum(y_pred, EPSILON), 1.0 - EPSILON)
+            bce = e.add(e.mul(y_true, e.log(p)), e.mul(e.sub(1.0, y_true), e.log(e.sub(1.0, p))))
+        return e.neg(e.mean(bce, (-1 % y_pred.type.rank,)))
+
+
+def _log_probs(e: Emitter, y_pred: Value, from_logits: bool) -> Value:
+    axis = y_pred.type.rank - 1
+    if from_logits:
+        return e.op("log_softmax", y_pred, axis=-1)
+    norm = e.div(y_pred, e.broadcast_like(e.sum(y_pred, (axis,), keepdims=True), y_pred))
+    return e.log(e.minimum(e.maximum(norm, EPSILON), 1.0 - EPSILON))
+
+
+class CategoricalCrossentropy(_FromLogits):
+    name = "categorical_crossentropy"
+
+    def per_sample(self, e, y_true, y_pred):
+        axis = y_pred.type.rank - 1
+        return e.neg(e.sum(e.mul(y_true, _log_probs(e, y_pred, self.from_logits)), (axis,)))
+
+
+class SparseCategoricalCrossentropy(_FromLogits):
+    name = "sparse_categorical_crossentropy"
+
+    def label_type(self, pred: TensorType) -> TensorType:
+        return TensorType(pred.shape[:-1], "int32")
+
+    def per_sample(self, e, y_true, y_pred):
+        depth = y_pred.shape[-1]
+        if y_true.type.rank == y_pred.type.rank and y_true.shape[-1] == 1:
+            y_true = e.reshape(y_true, y_pred.shape[:-1])
+        onehot = e.op("one_hot", y_true, depth=depth, dtype=y_pred.dtype)
+        axis = y_pred.type.rank - 1
+        return e.neg(e.sum(e.mul(onehot, _log_probs(e, y_pred, self.from_logits)), (axis,)))
+
+
+_ALIASES = {
+    "mean_squared_error": MeanSquaredError, "mse": MeanSquaredError,
+    "mean_absolute_error": MeanAbsoluteError, "mae": MeanAbsoluteError,
+    "binary_crossentropy": BinaryCrossentropy,
+    "categorical_crossentropy": CategoricalCrossentropy,
+    "sparse_categorical_crossentropy": SparseCategoricalCrossentropy,
+}
+for _cls in (MeanSquaredError, MeanAbsoluteError, BinaryCrossentropy, CategoricalCrossentropy,
+             SparseCategoricalCrossentropy):
+    _ALIASES[_cls.__name__] = _cls
+
+
+def get(identifier: Any) -> Loss:
+    if isinstance(identifier, Loss):
+        return identifier
+    if isinstance(identifier, str) and identifier in _ALIASES:
+        return _ALIASES[identifier]()
+    raise ValueError(f"Unknown loss {identifier!r}; kcompile supports "
+                     f"{sorted(k for k in _ALIASES if k[0].islower())} (or a Loss instance)")

@@ -4,7 +4,7 @@
 initializers, ops, utils.
 """
 
-from kcompile import activations, datasets, initializers, layers, losses, ops, optimizers, utils
+from kcompile import activations, callbacks, datasets, initializers, layers, losses, ops, optimizers, utils
 from kcompile.compare import CompareReport, compare
 from kcompile.layers import Input, InputSpec, KerasTensor, Layer
 from kcompile.models import Functional, Model, Sequential
@@ -15,6 +15,6 @@ __version__ = "0.1.0"
 __all__ = [
     "CompareReport", "Functional", "Input", "InputSpec", "KerasTensor", "Layer", "Model", "Sequential",
     "Variable",
-    "__version__", "activations", "compare", "datasets", "initializers", "layers", "losses", "ops",
-    "optimizers", "utils",
+    "__version__", "activations", "callbacks", "compare", "datasets", "initializers", "layers",
+    "losses", "ops", "optimizers", "utils",
 ]

@@ -201,6 +201,26 @@ class Model(Layer):
         lowered = self._lowered_for(sigs, structure, False)
         return tree.pack_as(self._output_structure(lowered), outs)
 
+    def fit(self, x: Any = None, y: Any = None, batch_size: int | None = None, epochs: int = 1,
+            verbose: Any = "auto", callbacks: Any = None, validation_split: float = 0.0,
+            validation_data: Any = None, shuffle: bool = True, initial_epoch: int = 0) -> Any:
+        """Keras's fit: returns a `History`."""
+        from kcompile.models.fit import fit
+
+        return fit(self, x, y, batch_size, epochs, verbose, callbacks, validation_split,
+                   validation_data, shuffle, initial_epoch)
+
+    def evaluate(self, x: Any = None, y: Any = None, batch_size: int | None = None,
+                 verbose: Any = "auto") -> float:
+        from kcompile.models.fit import evaluate
+
+        return evaluate(self, x, y, batch_size, verbose)
+
+    def test_on_batch(self, x: Any, y: Any = None) -> float:
+        from kcompile.models.fit import evaluate
+
+        return evaluate(self, x, y, batch_size=max(len(np.asarray(y)), 1))
+
     def train_on_batch(self, x: Any, y: Any = None, sample_weight: Any = None,
                        class_weight: Any = None, return_dict: bool = False) -> Any:
         """One optimizer step on one batch; returns the loss (before the update), as Keras."""

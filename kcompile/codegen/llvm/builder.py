@@ -190,6 +190,14 @@ class KernelBuilder:
     def load_vector(self, ptr: ir.Value, index: ir.Value | int, mask: ir.Value | None) -> ir.Value:
         return self.vload(ptr, index) if mask is None else self.masked_load(ptr, index, mask)
 
+    def memcpy(self, dst: ir.Value, dst_offset: ir.Value | int, src: ir.Value,
+               src_offset: ir.Value | int, nbytes: ir.Value | int) -> None:
+        """Copy bytes (llvm.memcpy: LLVM emits the best block copy for the target)."""
+        fn = self.intrinsic("llvm.memcpy.p0.p0.i64", VOID, [PTR, PTR, I64, I1])
+        nbytes = self.i64(nbytes) if isinstance(nbytes, int) else nbytes
+        self.b.call(fn, [self.gep(dst, dst_offset, I8), self.gep(src, src_offset, I8), nbytes,
+                         ir.Constant(I1, 0)])
+
     def prefetch(self, ptr: ir.Value, index: ir.Value | int = 0, locality: int = 3) -> None:
         fn = self.intrinsic("llvm.prefetch.p0", VOID, [PTR, I32, I32, I32])
         self.b.call(fn, [self.gep(ptr, index), self.i32(0), self.i32(locality), self.i32(1)])

@@ -82,10 +82,18 @@ defop("max", attrs=_REDUCE_ATTRS, infer=_reduce_infer("max"), ref=_reduce_ref(np
       vjp=_max_vjp, num_inputs=1, doc="Max over `axes` (all when None).", tags=("reduce",))
 
 
-def _softmax_infer(x: TensorType, axis: int) -> TensorType:
-    require_float("softmax", x)
-    norm_axis("softmax", axis, x.rank)
-    return x
+def _along_axis_infer(name: str):
+    """softmax / log_softmax: a float tensor in, the same type out, `axis` in range."""
+
+    def infer(x: TensorType, axis: int) -> TensorType:
+        require_float(name, x)
+        norm_axis(name, axis, x.rank)
+        return x
+
+    return infer
+
+
+_softmax_infer = _along_axis_infer("softmax")
 
 
 def _softmax_ref(x: np.ndarray, axis: int) -> np.ndarray:
@@ -104,10 +112,7 @@ defop("softmax", attrs={"axis": Attr(int, -1)}, infer=_softmax_infer, ref=_softm
       doc="exp(x - max) / sum; one op so backends can fuse the max/sum passes.")
 
 
-def _log_softmax_infer(x: TensorType, axis: int) -> TensorType:
-    require_float("log_softmax", x)
-    norm_axis("log_softmax", axis, x.rank)
-    return x
+_log_softmax_infer = _along_axis_infer("log_softmax")
 
 
 def _log_softmax_ref(x: np.ndarray, axis: int) -> np.ndarray:

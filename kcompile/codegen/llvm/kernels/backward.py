@@ -35,6 +35,27 @@ def _tap_origin(kb: KernelBuilder, pos: ir.Value, k: int, pad: int, stride: int,
     return o, ok
 
 
+def _gather_pixels(kb: KernelBuilder, out: ir.Value, n: ir.Value, tid: ir.Value, nt: ir.Value,
+                   h: int, wd: int, c: int, contribute) -> None:
+    """For every (image, y, x) of an NHWC gradient and each vector of its c channels: an
+    accumulator that `contribute(img, y, x, c0, count, mask, acc)` adds into, then one store.
+    Threads split the N*H rows."""
+    b = kb.b
+    vw = kb.vw
+    lo, hi = split_range(kb, b.mul(n, kb.i64(h)), tid, nt)
+    with kb.loop(lo, hi, 1, "row") as row:
+        img = b.sdiv(row, kb.i64(h))
+        y = b.srem(row, kb.i64(h))
+        with kb.loop(kb.i64(0), kb.i64(wd), 1, "x") as x:
+            for c0 in range(0, c, vw):
+                cnt = min(vw, c - c0)
+                mask = kb.lane_mask(kb.i64(cnt)) if cnt < vw else None
+                acc = kb.var(kb.vec_type(), kb.vconst(0.0))
+                contribute(img, y, x, c0, cnt, mask, acc)
+                idx = b.add(b.mul(b.add(b.mul(row, kb.i64(wd)), x), kb.i64(c)), kb.i64(c0))
+                kb.store_vector(kb.get(acc), out, idx, mask)
+
+
 @lowering("conv2d_input_grad")
 def lower_conv_input_grad(ctx: KernelContext, node: Node) -> ir.Function:
     _require_f32(node)
@@ -48,35 +69,26 @@ def lower_conv_input_grad(ctx: KernelContext, node: Node) -> ir.Function:
     fn, kb, (dyp, wp), out, n, tid, nt = ctx.new_kernel(node, "conv_dx")
     b = kb.b
     vw = kb.vw
-    rows = b.mul(n, kb.i64(h))
-    lo, hi = split_range(kb, rows, tid, nt)
-    with kb.loop(lo, hi, 1, "row") as row:
-        img = b.sdiv(row, kb.i64(h))
-        y = b.srem(row, kb.i64(h))
-        with kb.loop(kb.i64(0), kb.i64(wd), 1, "x") as x:
-            for c0 in range(0, ci, vw):
-                cnt = min(vw, ci - c0)
-                mask = kb.lane_mask(kb.i64(cnt)) if cnt < vw else None
-                acc = kb.var(kb.vec_type(), kb.vconst(0.0))
-                for i in range(kh):
-                    oy, ok_y = _tap_origin(kb, y, i, pt, sh, dh, oh)
-                    for j in range(kw):
-                        ox, ok_x = _tap_origin(kb, x, j, pl, sw, dw, ow)
-                        with kb.if_then(b.and_(ok_y, ok_x)):
-                            dbase = b.mul(b.add(b.mul(b.add(b.mul(img, kb.i64(oh)), oy), kb.i64(ow)),
-                                                ox), kb.i64(co))
-                            wbase = kb.i64(((i * kw + j) * ci + c0) * co)
-                            with kb.loop(kb.i64(0), kb.i64(co), 1, "o") as o:
-                                g = kb.splat(kb.load(dyp, b.add(dbase, o)))
-                                # w[i, j, c0:c0+vw, o]: stride co between lanes
-                                lanes = [kb.load(wp, b.add(wbase, b.add(kb.i64(lane * co), o)))
-                                         for lane in range(cnt)]
-                                vec = ir.Constant(kb.vec_type(), [0.0] * vw)
-                                for lane, val in enumerate(lanes):
-                                    vec = b.insert_element(vec, val, kb.i32(lane))
-                                kb.set(acc, kb.fma(g, vec, kb.get(acc)))
-                idx = b.add(b.mul(b.add(b.mul(row, kb.i64(wd)), x), kb.i64(ci)), kb.i64(c0))
-                kb.store_vector(kb.get(acc), out, idx, mask)
+
+    def contribute(img, y, x, c0, cnt, mask, acc):
+        for i in range(kh):
+            oy, ok_y = _tap_origin(kb, y, i, pt, sh, dh, oh)
+            for j in range(kw):
+                ox, ok_x = _tap_origin(kb, x, j, pl, sw, dw, ow)
+                with kb.if_then(b.and_(ok_y, ok_x)):
+                    dbase = b.mul(b.add(b.mul(b.add(b.mul(img, kb.i64(oh)), oy), kb.i64(ow)), ox),
+                                  kb.i64(co))
+                    wbase = kb.i64(((i * kw + j) * ci + c0) * co)
+                    with kb.loop(kb.i64(0), kb.i64(co), 1, "o") as o:
+                        g = kb.splat(kb.load(dyp, b.add(dbase, o)))
+                        # w[i, j, c0:c0+vw, o]: stride co between lanes
+                        vec = ir.Constant(kb.vec_type(), [0.0] * vw)
+                        for lane in range(cnt):
+                            val = kb.load(wp, b.add(wbase, b.add(kb.i64(lane * co), o)))
+                            vec = b.insert_element(vec, val, kb.i32(lane))
+                        kb.set(acc, kb.fma(g, vec, kb.get(acc)))
+
+    _gather_pixels(kb, out, n, tid, nt, h, wd, ci, contribute)
     kb.finish()
     return fn
 
@@ -145,39 +157,29 @@ def lower_pool_grad(ctx: KernelContext, node: Node) -> ir.Function:
     fn, kb, ins, out, n, tid, nt = ctx.new_kernel(node, node.op)
     xp, dyp = (ins[0], ins[1]) if is_max else (None, ins[0])
     b = kb.b
-    vw = kb.vw
-    rows = b.mul(n, kb.i64(h))
-    lo, hi = split_range(kb, rows, tid, nt)
     f32 = kb.f32(0).type
 
     def pix(img, yy, xx, width, height):
         return b.mul(b.add(b.mul(b.add(b.mul(img, kb.i64(height)), yy), kb.i64(width)), xx), kb.i64(c))
 
-    with kb.loop(lo, hi, 1, "row") as row:
-        img = b.sdiv(row, kb.i64(h))
-        y = b.srem(row, kb.i64(h))
-        with kb.loop(kb.i64(0), kb.i64(wd), 1, "x") as x_:
-            for c0 in range(0, c, vw):
-                cnt = min(vw, c - c0)
-                mask = kb.lane_mask(kb.i64(cnt)) if cnt < vw else None
-                acc = kb.var(kb.vec_type(), kb.vconst(0.0))
-                me = kb.load_vector(xp, b.add(pix(img, y, x_, wd, h), kb.i64(c0)), mask) if is_max \
-                    else None
-                for i in range(ph):
-                    oy, ok_y = _tap_origin(kb, y, i, pt, sh, 1, oh)
-                    for j in range(pw):
-                        ox, ok_x = _tap_origin(kb, x_, j, pl, sw, 1, ow)
-                        with kb.if_then(b.and_(ok_y, ok_x)):
-                            g = kb.load_vector(dyp, b.add(pix(img, oy, ox, ow, oh), kb.i64(c0)), mask)
-                            if is_max:
-                                g = b.select(_first_max(kb, xp, img, oy, ox, i, j, me, c0, mask,
-                                                        (h, wd, c, ph, pw, sh, sw, pt, pl)),
-                                             g, kb.vconst(0.0))
-                            else:
-                                g = b.fdiv(g, kb.splat(b.sitofp(_count(kb, oy, ox, h, wd, ph, pw, sh, sw,
-                                                                        pt, pl), f32)))
-                            kb.set(acc, b.fadd(kb.get(acc), g))
-                kb.store_vector(kb.get(acc), out, b.add(pix(img, y, x_, wd, h), kb.i64(c0)), mask)
+    def contribute(img, y, x_, c0, cnt, mask, acc):
+        me = kb.load_vector(xp, b.add(pix(img, y, x_, wd, h), kb.i64(c0)), mask) if is_max else None
+        for i in range(ph):
+            oy, ok_y = _tap_origin(kb, y, i, pt, sh, 1, oh)
+            for j in range(pw):
+                ox, ok_x = _tap_origin(kb, x_, j, pl, sw, 1, ow)
+                with kb.if_then(b.and_(ok_y, ok_x)):
+                    g = kb.load_vector(dyp, b.add(pix(img, oy, ox, ow, oh), kb.i64(c0)), mask)
+                    if is_max:
+                        g = b.select(_first_max(kb, xp, img, oy, ox, i, j, me, c0, mask,
+                                                (h, wd, c, ph, pw, sh, sw, pt, pl)),
+                                     g, kb.vconst(0.0))
+                    else:
+                        g = b.fdiv(g, kb.splat(b.sitofp(_count(kb, oy, ox, h, wd, ph, pw, sh, sw,
+                                                                pt, pl), f32)))
+                    kb.set(acc, b.fadd(kb.get(acc), g))
+
+    _gather_pixels(kb, out, n, tid, nt, h, wd, c, contribute)
     kb.finish()
     return fn
 

@@ -132,11 +132,14 @@ def apply_epilogue(kb: KernelBuilder, program: tuple, kinds: dict[int, str], ext
         return acc
     from kcompile.codegen.llvm.kernels.elementwise import eval_program
 
+    vector = isinstance(acc.type, ir.VectorType)  # scalar accumulators: the dot-product GEMM
+
     def operand(i: int) -> ir.Value:
         ptr, kind = extras[i - 2], kinds[i]
+        index = col if kind == "channel" else full_index
         if kind == "scalar":
-            return kb.splat(kb.load(ptr, 0))
-        return kb.load_vector(ptr, col if kind == "channel" else full_index, mask)
+            return kb.splat(kb.load(ptr, 0)) if vector else kb.load(ptr, 0)
+        return kb.load_vector(ptr, index, mask) if vector else kb.load(ptr, index)
 
     return eval_program(kb, program, operand, [acc])
 

@@ -266,7 +266,7 @@ def _emit_dot_gemm(ctx: KernelContext, node: Node, plan: GemmPlan, program: tupl
                 col = b.add(j0, kb.i64(c))
                 idx = b.add(b.mul(row, kb.i64(plan.n)), col)
                 value = kb.reduce_add(kb.get(accs[c]))
-                value = _scalar_epilogue(kb, plan, program, extras, value, col, idx)
+                value = apply_epilogue(kb, program, plan.kinds, extras, value, col, idx, None)
                 kb.store(value, out, idx)
 
         full = plan.n - plan.n % cols
@@ -278,15 +278,3 @@ def _emit_dot_gemm(ctx: KernelContext, node: Node, plan: GemmPlan, program: tupl
     kb.finish()
     return fn
 
-
-def _scalar_epilogue(kb: KernelBuilder, plan: GemmPlan, program: tuple, extras: list,
-                     value: ir.Value, col: ir.Value, idx: ir.Value) -> ir.Value:
-    if len(program) == 1:
-        return value
-    from kcompile.codegen.llvm.kernels.elementwise import eval_program
-
-    def operand(i: int) -> ir.Value:
-        kind = plan.kinds[i]
-        return kb.load(extras[i - 2], 0 if kind == "scalar" else col if kind == "channel" else idx)
-
-    return eval_program(kb, program, operand, [value])

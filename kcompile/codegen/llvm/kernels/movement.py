@@ -18,8 +18,7 @@ def lower_reshape(ctx: KernelContext, node: Node) -> ir.Function:
     size = np.dtype(node.outputs[0].dtype).itemsize
     total = kb.b.mul(product(kb, dim_values(kb, node.outputs[0].shape, n)), kb.i64(size))
     lo, hi = split_range(kb, total, tid, nt, grain=64)
-    with kb.loop(lo, hi, 1, "c") as i:
-        kb.store(kb.load(x, i, I8), out, i)
+    kb.memcpy(out, lo, x, lo, kb.b.sub(hi, lo))
     kb.finish()
     return fn
 
@@ -70,8 +69,7 @@ def lower_concat(ctx: KernelContext, node: Node) -> ir.Function:
             chunk = v.shape[axis] * inner
             src = b.mul(o, kb.i64(chunk))
             dst = b.add(b.mul(o, kb.i64(out_row)), kb.i64(offset))
-            with kb.loop(kb.i64(0), kb.i64(chunk), 1, "c") as i:
-                kb.store(kb.load(ptr, b.add(src, i), I8), out, b.add(dst, i))
+            kb.memcpy(out, dst, ptr, src, chunk)
             offset += chunk
     kb.finish()
     return fn
@@ -112,8 +110,7 @@ def lower_constant(ctx: KernelContext, node: Node) -> ir.Function:
     glob.initializer = data
     fn, kb, _, out, n, tid, nt = ctx.new_kernel(node, "constant")
     with kb.if_then(kb.b.icmp_signed("==", tid, kb.i64(0))):
-        with kb.loop(kb.i64(0), kb.i64(value.nbytes), 1, "c") as i:
-            kb.store(kb.load(glob, i, I8), out, i)
+        kb.memcpy(out, 0, glob, 0, value.nbytes)
     kb.finish()
     return fn
 
@@ -132,9 +129,7 @@ def lower_slice(ctx: KernelContext, node: Node) -> ir.Function:
     chunk = (stop - start) * inner
     with kb.loop(lo, hi, 1, "o") as o:
         src = b.add(b.mul(o, kb.i64(x.shape[axis] * inner)), kb.i64(start * inner))
-        dst = b.mul(o, kb.i64(chunk))
-        with kb.loop(kb.i64(0), kb.i64(chunk), 1, "c") as i:
-            kb.store(kb.load(xp, b.add(src, i), I8), out, b.add(dst, i))
+        kb.memcpy(out, b.mul(o, kb.i64(chunk)), xp, src, chunk)
     kb.finish()
     return fn
 

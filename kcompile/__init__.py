@@ -4,7 +4,18 @@
 initializers, ops, utils.
 """
 
-from kcompile import activations, callbacks, datasets, initializers, layers, losses, ops, optimizers, utils
+from kcompile import (
+    activations,
+    callbacks,
+    datasets,
+    initializers,
+    layers,
+    losses,
+    metrics,
+    ops,
+    optimizers,
+    utils,
+)
 from kcompile.compare import CompareReport, compare
 from kcompile.layers import Input, InputSpec, KerasTensor, Layer
 from kcompile.models import Functional, Model, Sequential
@@ -16,5 +27,5 @@ __all__ = [
     "CompareReport", "Functional", "Input", "InputSpec", "KerasTensor", "Layer", "Model", "Sequential",
     "Variable",
     "__version__", "activations", "callbacks", "compare", "datasets", "initializers", "layers",
-    "losses", "ops", "optimizers", "utils",
+    "losses", "metrics", "ops", "optimizers", "utils",
 ]

@@ -38,7 +38,9 @@ class Loss:
               ) -> Value:
         losses = self.per_sample(e, y_true, y_pred)
         if sample_weight is not None:
-            losses = e.mul(losses, e.reshape(sample_weight, losses.shape))
+            from kcompile.metrics import broadcast_weights
+
+            losses = e.mul(losses, broadcast_weights(e, sample_weight, losses))
         if self.reduction == "none":
             return losses
         total = e.sum(losses)
@@ -51,20 +53,27 @@ class Loss:
         """Eager evaluation on arrays (as `keras.losses.X()(y_true, y_pred)`)."""
         y_pred = np.asarray(y_pred, np.float32)
         y_true = np.asarray(y_true, self.label_type(TensorType(y_pred.shape)).dtype)
-        g = Graph(name=self.name)
-        t = g.add_input(TensorType(y_true.shape, y_true.dtype), "y_true")
-        p = g.add_input(TensorType(y_pred.shape, "float32"), "y_pred")
-        feeds = [y_true, y_pred]
-        w = None
-        if sample_weight is not None:
-            sw = np.asarray(sample_weight, np.float32)
-            w = g.add_input(TensorType(sw.shape, "float32"), "sample_weight")
-            feeds.append(sw)
+        g, (t, p, w), feeds = eager_graph(self.name, y_true, y_pred, sample_weight)
         g.outputs = [self.build(Emitter(g), t, p, w)]
         return run(g, feeds)[0]
 
     def get_config(self) -> dict[str, Any]:
         return {"name": self.name, "reduction": self.reduction}
+
+
+def eager_graph(name: str, y_true: np.ndarray, y_pred: np.ndarray, sample_weight: Any
+                ) -> tuple[Graph, tuple[Value, Value, Value | None], list[np.ndarray]]:
+    """A graph taking (y_true, y_pred[, sample_weight]) for the eager loss and metric APIs."""
+    g = Graph(name=name)
+    t = g.add_input(TensorType(y_true.shape, y_true.dtype.name), "y_true")
+    p = g.add_input(TensorType(y_pred.shape, "float32"), "y_pred")
+    feeds = [y_true, y_pred]
+    w = None
+    if sample_weight is not None:
+        sw = np.asarray(sample_weight, np.float32)
+        w = g.add_input(TensorType(sw.shape, "float32"), "sample_weight")
+        feeds.append(sw)
+    return g, (t, p, w), feeds
 
 
 class MeanSquaredError(Loss):

@@ -59,7 +59,14 @@ class Model(Layer):
 
         self.optimizer = optimizers.get(optimizer)
         self.loss = losses.get(loss) if loss is not None else None
+        from kcompile import metrics as metrics_mod
+
+        for m in [*(metrics if isinstance(metrics, list | tuple) else [metrics] if metrics else []),
+                  *(weighted_metrics if isinstance(weighted_metrics, list | tuple)
+                    else [weighted_metrics] if weighted_metrics else [])]:
+            metrics_mod.get(m)  # unknown names fail at compile time, as in Keras
         self.metrics_config = metrics
+        self._compiled_metrics = None
         self._train_steps = {}
         self.loss_weights, self.weighted_metrics = loss_weights, weighted_metrics
         self.steps_per_execution = steps_per_execution
@@ -203,51 +210,103 @@ class Model(Layer):
 
     def fit(self, x: Any = None, y: Any = None, batch_size: int | None = None, epochs: int = 1,
             verbose: Any = "auto", callbacks: Any = None, validation_split: float = 0.0,
-            validation_data: Any = None, shuffle: bool = True, initial_epoch: int = 0) -> Any:
+            validation_data: Any = None, shuffle: bool = True, class_weight: Any = None,
+            sample_weight: Any = None, initial_epoch: int = 0) -> Any:
         """Keras's fit: returns a `History`."""
         from kcompile.models.fit import fit
 
-        return fit(self, x, y, batch_size, epochs, verbose, callbacks, validation_split,
-                   validation_data, shuffle, initial_epoch)
+        return fit(self, x, y, batch_size=batch_size, epochs=epochs, verbose=verbose,
+                   callbacks=callbacks, validation_split=validation_split,
+                   validation_data=validation_data, shuffle=shuffle, class_weight=class_weight,
+                   sample_weight=sample_weight, initial_epoch=initial_epoch)
 
     def evaluate(self, x: Any = None, y: Any = None, batch_size: int | None = None,
-                 verbose: Any = "auto") -> float:
-        from kcompile.models.fit import evaluate
+                 verbose: Any = "auto", sample_weight: Any = None, return_dict: bool = False
+                 ) -> Any:
+        """Loss (and metrics) over the data at inference: a float, or [loss, *metrics] when the
+        model has metrics, or a dict with `return_dict`, as Keras."""
+        from kcompile.models.fit import evaluate, flatten_logs
 
-        return evaluate(self, x, y, batch_size, verbose)
+        logs = evaluate(self, x, y, batch_size, verbose, sample_weight)
+        return logs if return_dict else flatten_logs(self, logs)
 
-    def test_on_batch(self, x: Any, y: Any = None) -> float:
-        from kcompile.models.fit import evaluate
+    def test_on_batch(self, x: Any, y: Any = None, sample_weight: Any = None,
+                      return_dict: bool = False) -> Any:
+        from kcompile.models.fit import flatten_logs, test_batch
 
-        return evaluate(self, x, y, batch_size=max(len(np.asarray(y)), 1))
+        self.reset_metrics()
+        logs = test_batch(self, x, y, sample_weight)
+        return logs if return_dict else flatten_logs(self, logs)
 
     def train_on_batch(self, x: Any, y: Any = None, sample_weight: Any = None,
                        class_weight: Any = None, return_dict: bool = False) -> Any:
-        """One optimizer step on one batch; returns the loss (before the update), as Keras."""
-        if sample_weight is not None or class_weight is not None:
-            raise ValueError("train_on_batch: sample_weight/class_weight are not supported yet")
-        step, arrays = self._train_step_for(x)
-        batch = arrays[0].shape[0] if arrays and arrays[0].ndim else 1
-        yy = step.check_labels(y, batch)
-        key = None
-        if step.needs_rng_key:
-            key = np.array([self._rng_seed, self._rng_step], np.uint32)
-            self._rng_step += 1
-        loss = step.run(arrays, yy, key)
-        return {"loss": loss} if return_dict else loss
+        """One optimizer step on one batch; returns the loss (before the update) and the metrics
+        of this batch, as Keras."""
+        from kcompile.models.fit import flatten_logs, train_batch
 
-    def _train_step_for(self, x: Any):
-        from kcompile.models.training import TrainStep
+        self.reset_metrics()
+        logs = train_batch(self, x, y, sample_weight, class_weight)
+        return logs if return_dict else flatten_logs(self, logs)
+
+    def reset_metrics(self) -> None:
+        for m in getattr(self, "_compiled_metrics", None) or []:
+            m.reset_state()
+
+    @property
+    def metrics_names(self) -> list[str]:
+        return ["loss", *[m.name for m in getattr(self, "_compiled_metrics", None) or []]]
+
+    def _steps_for(self, x: Any, training: bool):
+        """The (cached) train or test step for inputs like `x`, and `x` as arrays."""
+        from kcompile.models.training import TestStep, TrainStep
 
         if not getattr(self, "compiled", False) or getattr(self, "loss", None) is None:
-            raise RuntimeError(f"Model '{self.name}': call compile(optimizer, loss) before training")
+            what = "training" if training else "evaluate"
+            raise RuntimeError(f"Model '{self.name}': call compile(optimizer, loss) before {what}")
         sigs, structure = self.input_signature(x)
         arrays = prepare_inputs(self.name, sigs, x)
-        key = (tuple(sigs), repr(structure))
+        key = (tuple(sigs), repr(structure), training)
         if key not in self._train_steps:
-            self._train_steps[key] = TrainStep(self, sigs, structure, self.loss, self.optimizer,
-                                               self._jit_compile)
+            metrics, weighted = self._resolve_metrics(sigs, structure)
+            if training:
+                step = TrainStep(self, sigs, structure, self.loss, self.optimizer, metrics,
+                                 weighted, self._jit_compile)
+            else:
+                step = TestStep(self, sigs, structure, self.loss, metrics, weighted,
+                                self._jit_compile, self._jit_explicit)
+            self._train_steps[key] = step
         return self._train_steps[key], arrays
+
+    def _train_step_for(self, x: Any):
+        return self._steps_for(x, True)
+
+    def _resolve_metrics(self, sigs, structure) -> tuple[list, list]:
+        """compile's metrics as objects, once: "accuracy" needs the label and output shapes."""
+        if self._compiled_metrics is None:
+            from kcompile import metrics as metrics_mod
+
+            lowered = self._lowered_for(sigs, structure, False)
+            pred = lowered.graph.outputs[0].type
+            label_rank = self.loss.label_type(pred).rank
+            self._plain_metrics = metrics_mod.get_list(self.metrics_config, label_rank, pred)
+            self._weighted_metrics = metrics_mod.get_list(self.weighted_metrics, label_rank, pred)
+            taken = {m.name for m in self._plain_metrics}
+            for m in self._weighted_metrics:  # Keras's name for the weighted twin of a metric
+                if m.name in taken:
+                    m.name = f"weighted_{m.name}"
+            self._compiled_metrics = [*self._plain_metrics, *self._weighted_metrics]
+        return self._plain_metrics, self._weighted_metrics
+
+    def save_weights(self, filepath: str, overwrite: bool = True) -> None:
+        """Weights in `get_weights()` order to a `.weights.npz` file (atomic replace)."""
+        from kcompile import weights_file
+
+        weights_file.save(self, filepath, overwrite)
+
+    def load_weights(self, filepath: str) -> None:
+        from kcompile import weights_file
+
+        weights_file.load(self, filepath)
 
     def predict_on_batch(self, x: Any) -> Any:
         return self._run(x, training=False)

@@ -24,14 +24,18 @@ def test_demo_models_have_keras_param_counts() -> None:
     assert build_mlp().count_params() == 64 * 512 + 512 + 512 * 512 + 512 + 512 * 10 + 10
 
 
-def test_demo_runs(capsys) -> None:
+def test_demo_trains_the_convnet(capsys) -> None:
     assert main(["demo"]) == 0
     out = capsys.readouterr().out
     assert 'Model: "digits_convnet"' in out and 'Model: "seed_mlp"' in out
     assert "Total params: 21,386" in out
+    acc = float(out.split("test accuracy ")[1].split(",")[0])
+    assert acc >= 0.97, f"the demo's convnet reached only {acc:.4f} test accuracy"
+    assert "ms per epoch" in out and "eager (NumPy) training" in out
+    assert out.count("Epoch ") == 14  # verbose=2 lines after the first (timed-apart) epoch
     assert "rows sum to 1: True" in out
     assert "= matmul(" in out  # the traced IR is printed
-    assert out.count("kcompile.compare:") == 2 and "LLVM-compiled" in out
+    assert out.count("kcompile.compare:") == 2
 
 
 def test_bench_reports_cold_and_cached_compile(capsys, tmp_path, monkeypatch) -> None:

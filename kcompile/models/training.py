@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from kcompile import variables
 from kcompile.ir.autodiff import grad
 from kcompile.ir.core import Graph, TensorType, Value, format_shape
 from kcompile.ir.emit import Emitter
@@ -128,7 +129,13 @@ class TrainStep:
         if jit:
             from kcompile.codegen.llvm.compiler import compile_graph
 
-            self.compiled = compile_graph(g)
+            # weights, slots and BatchNorm statistics are updated in place; a non-finite loss
+            # stops the compiled step before anything is written
+            olds = [*train_params, *[s for group in slot_inputs for s in group],
+                    *[params[self.variables.index(v)] for v in self.state_updates]]
+            first = 1 + self.num_metric_outputs
+            wanted = {first + k: g.inputs.index(v) for k, v in enumerate(olds)}
+            self.compiled = compile_graph(g, aliases=wanted, guard=0)
             self.compiled.set_params([])
 
     def check(self, y: Any, sample_weight: Any, batch: int) -> tuple[np.ndarray, np.ndarray]:
@@ -146,21 +153,33 @@ class TrainStep:
         feeds.append(np.asarray(opt.current_learning_rate(), np.float32))
         feeds.append(np.asarray(opt.iterations, np.float32))
         feeds += [s for group in opt.slots for s in group]
-        outs = self.compiled.run(feeds) if self.compiled is not None else interpret(self.graph, feeds)
+        if self.compiled is not None:
+            out = [None] * len(self.graph.outputs)
+            for i, j in self.compiled.program.aliases.items():
+                out[i] = feeds[j]
+            outs = self.compiled.run(feeds, out=out)
+        else:
+            outs = interpret(self.graph, feeds)
         loss = float(outs[0])
         if not np.isfinite(loss):
-            return loss  # weights untouched: the caller reports (TerminateOnNaN)
+            return loss  # nothing was updated: the caller reports (TerminateOnNaN)
         k = 1 + self.num_metric_outputs
         self.targets.accumulate(outs[1:k])
+        written = {feeds[j].ctypes.data for j in self.compiled.program.aliases.values()} \
+            if self.compiled is not None else set()
         for i in self.trainable:
-            self.variables[i].assign(outs[k])
+            if outs[k].ctypes.data not in written:
+                self.variables[i].assign(outs[k])
             k += 1
         for group in opt.slots:
             for j in range(len(group)):
-                group[j] = np.array(outs[k], np.float32)
+                if outs[k].ctypes.data not in written:
+                    group[j] = np.ascontiguousarray(outs[k], np.float32)
                 k += 1
         for var, value in zip(self.state_updates, outs[k:], strict=True):
-            var.assign(value)
+            if value.ctypes.data not in written:
+                var.assign(value)
+        variables.EPOCH.value += 1  # in-place updates moved the weights too
         opt.iterations += 1
         return loss
 

@@ -59,6 +59,8 @@ class Program:
     target: Target
     key: str
     stats: CompileStats = field(default_factory=CompileStats)
+    aliases: dict[int, int] = field(default_factory=dict)  # output index -> input it overwrites
+    guard: int | None = None  # output index of a scalar: not finite -> stop before any update
 
 
 def lowering_for(node: Node):
@@ -72,7 +74,8 @@ def lowering_for(node: Node):
     return fn
 
 
-def _emit_module(split: StaticSplit, plan: MemoryPlan, target: Target) -> tuple[str, BufferTable]:
+def _emit_module(split: StaticSplit, plan: MemoryPlan, target: Target, guard_node: int | None = None,
+                 guard_output: int | None = None) -> tuple[str, BufferTable]:
     graph = split.main
     module = new_module(graph.name, target)
     ctx = KernelContext(module, target, static=frozenset(graph.params) | _constants(graph))
@@ -131,13 +134,18 @@ def _emit_module(split: StaticSplit, plan: MemoryPlan, target: Target) -> tuple[
         return kb.gep(arena, offset, I8)
 
     first = True
-    for kernel, ops in zip(kernels, operand_slots, strict=True):
-        if kernel is None:
-            continue
-        if not first:
+    for i, (kernel, ops) in enumerate(zip(kernels, operand_slots, strict=True)):
+        if kernel is not None:
+            if not first:
+                b.call(barrier, [sync, nt])
+            first = False
+            b.call(kernel, [pointer(*o) for o in ops] + [n, tid, nt])
+        if i == guard_node:  # every thread reads the same value after the barrier: all stop
             b.call(barrier, [sync, nt])
-        first = False
-        b.call(kernel, [pointer(*o) for o in ops] + [n, tid, nt])
+            value = kb.load(kb.load(bufs, table.num_inputs + guard_output, PTR), 0)
+            finite = b.fcmp_ordered("<", kb.fabs(value), ir.Constant(value.type, float("inf")))
+            with kb.if_then(b.not_(finite)):
+                b.ret_void()
     copy = _copy_fn(module, target)
     for v, out_index in plan.copies:
         if not first:
@@ -200,8 +208,14 @@ def _copy_fn(module: ir.Module, target: Target) -> ir.Function:
     return fn
 
 
-def compile_graph(graph: Graph, *, target: Target | None = None, dump: str | None = None):
-    """Optimise and compile `graph`; returns a `CompiledGraph` ready for `set_params` + `run`."""
+def compile_graph(graph: Graph, *, target: Target | None = None, dump: str | None = None,
+                  aliases: dict[int, int] | None = None, guard: int | None = None):
+    """Optimise and compile `graph`; returns a `CompiledGraph` ready for `set_params` + `run`.
+
+    `aliases` {output index: input index} asks that an output may be written over an input's
+    buffer (a training step updating weights and slots in place); each is kept only when it is
+    provably safe (see `safe_aliases`). `guard`, the index of a scalar output, makes the code stop
+    right after computing it when it is not finite, before any aliased output is written."""
     from kcompile.codegen.llvm.runtime import CompiledGraph
 
     load_all()
@@ -210,11 +224,16 @@ def compile_graph(graph: Graph, *, target: Target | None = None, dump: str | Non
     t0 = time.perf_counter()
     split = optimize(graph, (lambda name, g: sink.write(f"{name}.ir", str(g))) if sink else None)
     plan = plan_memory(split.main)
-    key_text = "\n".join([str(split.main), str(split.prepare), repr(_plan_key(plan))])
+    guard_node = _producer_index(split.main, guard, plan) if guard is not None else None
+    if guard is not None and guard_node is None:  # no place to stop: nothing may be overwritten
+        guard, aliases = None, {}
+    kept = safe_aliases(split.main, plan, aliases or {}, guard_node)
+    key_text = "\n".join([str(split.main), str(split.prepare), repr(_plan_key(plan)),
+                          repr(sorted(kept.items())), repr((guard, guard_node))])
     key = hashlib.sha256(key_text.encode()).hexdigest()
 
     def build() -> tuple[str, dict]:
-        text, table = _emit_module(split, plan, target)
+        text, table = _emit_module(split, plan, target, guard_node, guard)
         return text, {"inputs": table.num_inputs, "outputs": table.num_outputs,
                       "params": [[i, None if lay is None else [lay.kind, list(lay.args)]]
                                  for i, lay in table.param_slots]}
@@ -224,8 +243,55 @@ def compile_graph(graph: Graph, *, target: Target | None = None, dump: str | Non
                         [(i, None if lay is None else ParamLayout(lay[0], tuple(lay[1])))
                          for i, lay in meta["params"]])
     stats.seconds = time.perf_counter() - t0
-    program = Program(split, plan, table, target, key, stats)
+    program = Program(split, plan, table, target, key, stats, kept, guard)
     return CompiledGraph(program, lib)
+
+
+def _producer_index(graph: Graph, out_index: int, plan: MemoryPlan) -> int | None:
+    """Position of the node that writes graph output `out_index` (None: written by a copy)."""
+    value = graph.outputs[out_index]
+    if plan.slots[value].kind != "output" or any(v is value for v, _ in plan.copies):
+        return None
+    for i, node in enumerate(graph.nodes):
+        if value in node.outputs:
+            return i
+    return None
+
+
+_IN_PLACE_OK = frozenset({"add", "sub", "mul", "div", "maximum", "minimum", "neg", "abs", "sqrt",
+                          "relu", "exp", "log", "tanh", "sigmoid", "pow"})
+
+
+def safe_aliases(graph: Graph, plan: MemoryPlan, wanted: dict[int, int], guard_node: int | None
+                 ) -> dict[int, int]:
+    """The wanted aliases under which overwriting the input cannot change any result: the output's
+    producer is the last reader of the input, reads it (if at all) elementwise at the output's own
+    index (an elementwise kernel of the same type), and runs after the guard when there is one."""
+    last_reader: dict[Value, int] = {}
+    for i, node in enumerate(graph.nodes):
+        for v in node.inputs:
+            last_reader[v] = i
+    kept: dict[int, int] = {}
+    for out_index, in_index in wanted.items():
+        producer = _producer_index(graph, out_index, plan)
+        if producer is None or in_index in kept.values():
+            continue
+        src, node = graph.inputs[in_index], graph.nodes[producer]
+        out = graph.outputs[out_index]
+        if src in graph.outputs or graph.outputs.count(out) != 1:
+            continue
+        if guard_node is not None and producer <= guard_node:
+            continue
+        if last_reader.get(src, -1) > producer:
+            continue
+        if src in node.inputs:
+            elementwise = node.op in _IN_PLACE_OK or (
+                node.op == "fused" and all(step[0] in _IN_PLACE_OK or step[0] == "broadcast_like"
+                                           for step in node.attrs["program"]))
+            if not elementwise or src.type != out.type:
+                continue
+        kept[out_index] = in_index
+    return kept
 
 
 def _plan_key(plan: MemoryPlan) -> tuple:

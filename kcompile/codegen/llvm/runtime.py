@@ -113,13 +113,27 @@ class CompiledGraph:
                 return outs
         return None
 
-    def run(self, inputs: Sequence[np.ndarray], nthreads: int | None = None) -> list[np.ndarray]:
+    def run(self, inputs: Sequence[np.ndarray], nthreads: int | None = None,
+            out: Sequence[np.ndarray | None] | None = None) -> list[np.ndarray]:
+        """Run on `inputs`. `out` may give arrays for some outputs (written in place); an output
+        may share memory with an input only where the compiler proved it safe (`program.aliases`).
+        With a `guard` output that is not finite, the code stops early: the other outputs are
+        then not written (and aliased inputs keep their values)."""
         if not self._params_ready:
             raise RuntimeError("CompiledGraph.run before set_params")
         batch = self._check_inputs(inputs)
         if not self.pool.alive:
             self._rebind_pool()
         outs = [np.empty(t.with_batch(batch).shape, t.dtype) for t in self._out_types]
+        for i, arr in enumerate(out or ()):
+            if arr is not None:
+                self._check_out(i, arr, batch)
+                for j, src in enumerate(inputs):
+                    if np.may_share_memory(arr, src) and self.program.aliases.get(i) != j:
+                        raise ValueError(f"out[{i}] of {self.graph.name!r} overlaps input "
+                                         f"{self.graph.inputs[j].name!r}, which the compiled code "
+                                         "does not allow to be overwritten")
+                outs[i] = arr
         with self.pool.lock:
             self._run_locked(inputs, outs, batch, nthreads)
         return outs
@@ -145,6 +159,13 @@ class CompiledGraph:
                               nt)
             else:
                 self._entry(table, batch, 0, 1)
+
+    def _check_out(self, i: int, arr: np.ndarray, batch: int) -> None:
+        t = self._out_types[i].with_batch(batch)
+        if not isinstance(arr, np.ndarray) or arr.dtype.name != t.dtype or arr.shape != t.shape or \
+                not arr.flags.c_contiguous or not arr.flags.aligned or not arr.flags.writeable:
+            raise ValueError(f"out[{i}] of {self.graph.name!r}: expected a writeable C-contiguous "
+                             f"{t.dtype} array of shape {format_shape(t.shape)}")
 
     def _check_inputs(self, inputs: Sequence[np.ndarray]) -> int:
         if len(inputs) != len(self._in_types):

@@ -2,12 +2,13 @@
 
 Static B (weights at inference) is packed once per weight change into panels of NR = NV * vw
 columns, each stored [K][NR] contiguously, and threads split the panels so each core keeps its own
-weight slice in its L2. Run-time B (training: weights and gradients are graph inputs) is read in
-place, row stride N, with masked loads at the column edge; threads then split the rows. The
-micro-kernel keeps an MR x NR tile of C in registers (6 x 64 = 24 zmm on AVX-512), broadcasts
-A[m, k] from memory (any strides, so a transposed A costs nothing) and issues MR * NV FMAs per k.
-A transposed run-time B (dX = dY @ W^T in a training step) uses a dot-product kernel along K, where
-both operands are contiguous. Batched operands loop over the batch with per-operand strides.
+weight slice in its L2. Run-time B (training: weights and gradients are graph inputs, plain or
+transposed) is packed the same way at run time, one KC x NR block at a time into a stack buffer,
+by the thread that sweeps the rows with it; K longer than KC accumulates into C block by block and
+the epilogue runs after the last block. The micro-kernel keeps an MR x NR tile of C in registers
+(6 x 64 = 24 zmm on AVX-512), broadcasts A[m, k] from memory (any strides, so a transposed A costs
+nothing) and issues MR * NV FMAs per k. Batched operands loop over the batch with per-operand
+strides.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from kcompile.codegen.llvm.kernels.common import (
 from kcompile.ir.core import Node
 
 MR = 6
+KC_BYTES = 128 * 1024  # the packed run-time B block (K rows x NR columns) a thread keeps
 
 
 def panel_vectors(vw: int) -> int:
@@ -97,11 +99,6 @@ def emit_gemm(ctx: KernelContext, node: Node, program: tuple) -> ir.Function:
     plan = GemmPlan(node, attrs, ctx.target.vector_width, static_b)
     if static_b:
         ctx.want_layout(1, ParamLayout("panels", (plan.nr, plan.vw, plan.tb)))
-    elif plan.tb:
-        if plan.ta:
-            raise NotImplementedError("matmul with both operands transposed and computed at run "
-                                      "time is not compiled yet")
-        return _emit_dot_gemm(ctx, node, plan, program)
     fn, kb, ins, out, n, tid, nt = ctx.new_kernel(node, "gemm")
     b = kb.b
     m, kdim = _dim(kb, plan.m, n), _dim(kb, plan.k, n)
@@ -118,12 +115,13 @@ def emit_gemm(ctx: KernelContext, node: Node, program: tuple) -> ir.Function:
     full_rows = b.mul(b.sdiv(m, kb.i64(MR)), kb.i64(MR))
     rem = b.sub(m, full_rows)
 
-    def call(rows, nvec, edge, a_ptr, b_ptr, c_off, row0, col0, b_stride):
-        key = (rows, nvec, edge)
+    def call(rows, nvec, edge, a_ptr, b_ptr, c_off, row0, col0, b_stride, k_len=None,
+             phase="only"):
+        key = (rows, nvec, edge, phase)
         if key not in micro:
-            micro[key] = _micro_kernel(ctx, node, plan, program, rows, nvec, edge)
-        b.call(micro[key], [a_ptr, b_ptr, out, c_off, row0, col0, kdim, sam, sak, b_stride,
-                            *[ins[i] for i in range(2, len(ins))]])
+            micro[key] = _micro_kernel(ctx, node, plan, program, rows, nvec, edge, phase)
+        b.call(micro[key], [a_ptr, b_ptr, out, c_off, row0, col0, kdim if k_len is None else k_len,
+                            sam, sak, b_stride, *[ins[i] for i in range(2, len(ins))]])
 
     if static_b:  # threads split the packed panels; each panel sweeps every row
         p_lo, p_hi = split_range(kb, kb.i64(plan.panels), tid, nt)
@@ -144,44 +142,106 @@ def emit_gemm(ctx: KernelContext, node: Node, program: tuple) -> ir.Function:
 
                 for_panel_variants(kb, p, plan.panels, plan.nv, plan.last_nv,
                                    plan.n % plan.vw != 0, for_panel)
-    else:  # run-time B read in place (row stride N); threads split row blocks of every batch
+    else:  # run-time B: packed per panel and K block into a stack buffer, as BLIS does
+        # Work items are (batch, panel, row chunk): a thread packs its KC x NR slice of B once
+        # and sweeps the rows with it. Rows are cut into chunks only when there are too few
+        # panels to give every thread work (N smaller than 2 * nthreads panels).
+        kc_max = max(KC_BYTES // (4 * plan.nr), 16)
+        buf = kb.buffer(ir.FloatType(), kc_max * plan.nr)
         blocks = b.sdiv(b.add(m, kb.i64(MR - 1)), kb.i64(MR))
-        lo, hi = split_range(kb, b.mul(batches, blocks), tid, nt)
-        with kb.loop(lo, hi, 1, "blk") as blk:
-            bt = b.sdiv(blk, blocks)
-            row0 = b.mul(b.srem(blk, blocks), kb.i64(MR))
-            a_ptr = kb.gep(ins[0], b.mul(bt, a_bstride))
-            b_base = kb.gep(ins[1], b.mul(bt, b_bstride))
+        bp = b.mul(batches, kb.i64(plan.panels))
+        want = b.mul(nt, kb.i64(2))
+        spread = b.sdiv(b.add(want, b.sub(bp, kb.i64(1))), kb.max_i64(bp, kb.i64(1)))
+        mchunks = kb.max_i64(kb.min_i64(blocks, spread), kb.i64(1))
+        per = b.sdiv(b.add(blocks, b.sub(mchunks, kb.i64(1))), mchunks)
+        kblocks = kb.max_i64(b.sdiv(b.add(kdim, kb.i64(kc_max - 1)), kb.i64(kc_max)), kb.i64(1))
+        lo, hi = split_range(kb, b.mul(bp, mchunks), tid, nt)
+        with kb.loop(lo, hi, 1, "item") as item:
+            chunk = b.srem(item, mchunks)
+            pb = b.sdiv(item, mchunks)
+            bt = b.sdiv(pb, kb.i64(plan.panels))
+            p = b.srem(pb, kb.i64(plan.panels))
             c_ptr = b.mul(bt, c_bstride)
-            rows_here = b.sub(m, row0)
-            with kb.loop(kb.i64(0), kb.i64(plan.panels), 1, "p") as p:
-                col0 = b.mul(p, kb.i64(plan.nr))
-                b_ptr = kb.gep(b_base, col0)
+            col0 = b.mul(p, kb.i64(plan.nr))
+            b_base = kb.gep(ins[1], b.mul(bt, b_bstride))
+            blk_lo = b.mul(chunk, per)
+            blk_hi = kb.min_i64(blocks, b.add(blk_lo, per))
 
-                def for_cols(nvec: int, edge: bool) -> None:
-                    with b.if_else(b.icmp_signed(">=", rows_here, kb.i64(MR))) as (full, part):
-                        with full:
-                            call(MR, nvec, edge, a_ptr, b_ptr, c_ptr, row0, col0, kb.i64(plan.n))
-                        with part:
-                            for r in range(1, MR):
-                                with kb.if_then(b.icmp_signed("==", rows_here, kb.i64(r))):
-                                    call(r, nvec, edge, a_ptr, b_ptr, c_ptr, row0, col0,
-                                         kb.i64(plan.n))
+            def for_cols(nvec: int, edge: bool) -> None:
+                width = nvec * plan.vw
+                with kb.loop(kb.i64(0), kblocks, 1, "kb") as kbi:
+                    k0 = b.mul(kbi, kb.i64(kc_max))
+                    kc = kb.min_i64(kb.i64(kc_max), b.sub(kdim, k0))
+                    _pack_panel(kb, plan, b_base, buf, k0, kc, col0, kdim, nvec, edge)
+                    a_ptr = kb.gep(ins[0], b.add(b.mul(bt, a_bstride), b.mul(k0, sak)))
+                    first = b.icmp_signed("==", kbi, kb.i64(0))
+                    last = b.icmp_signed("==", kbi, b.sub(kblocks, kb.i64(1)))
 
-                for_panel_variants(kb, p, plan.panels, plan.nv, plan.last_nv,
-                                   plan.n % plan.vw != 0, for_cols)
+                    def rows_loop(phase: str) -> None:
+                        with kb.loop(blk_lo, blk_hi, 1, "blk") as blk:
+                            row0 = b.mul(blk, kb.i64(MR))
+                            rows_here = b.sub(m, row0)
+                            args = (a_ptr, buf, c_ptr, row0, col0, kb.i64(width), kc, phase)
+                            with b.if_else(b.icmp_signed(">=", rows_here, kb.i64(MR))) as (full, part):
+                                with full:
+                                    call(MR, nvec, edge, *args)
+                                with part:
+                                    for r in range(1, MR):
+                                        with kb.if_then(b.icmp_signed("==", rows_here, kb.i64(r))):
+                                            call(r, nvec, edge, *args)
+
+                    for phase, (is_first, is_last) in (("only", (True, True)),
+                                                       ("first", (True, False)),
+                                                       ("last", (False, True)),
+                                                       ("mid", (False, False))):
+                        cond = b.and_(first if is_first else b.not_(first),
+                                      last if is_last else b.not_(last))
+                        with kb.if_then(cond):
+                            rows_loop(phase)
+
+            for_panel_variants(kb, p, plan.panels, plan.nv, plan.last_nv,
+                               plan.n % plan.vw != 0, for_cols)
     kb.finish()
     return fn
 
 
+def _pack_panel(kb: KernelBuilder, plan: GemmPlan, b_base: ir.Value, buf: ir.Value, k0: ir.Value,
+                kc: ir.Value, col0: ir.Value, kdim: ir.Value, nvec: int, edge: bool) -> None:
+    """buf[k][0:nvec*vw] = B[k0 + k, col0:col0 + nvec*vw] for k < kc, zero past column N. B is
+    (K, N) row-major, or (N, K) when transposed (then each column is a contiguous run along K)."""
+    b = kb.b
+    vw, width = plan.vw, nvec * plan.vw
+    if not plan.tb:
+        mask = kb.lane_mask(kb.i64(plan.n % vw)) if edge else None
+        with kb.loop(kb.i64(0), kc, 1, "pk") as k:
+            src = b.mul(b.add(k0, k), kb.i64(plan.n))
+            for v in range(nvec):
+                m = mask if v == nvec - 1 else None
+                val = kb.masked_load(b_base, b.add(src, b.add(col0, kb.i64(v * vw))), m) \
+                    if m is not None else kb.vload(b_base, b.add(src, b.add(col0, kb.i64(v * vw))))
+                kb.vstore(val, buf, b.add(b.mul(k, kb.i64(width)), kb.i64(v * vw)))
+        return
+    cols = kb.min_i64(kb.i64(width), b.sub(kb.i64(plan.n), col0))
+    with kb.loop(kb.i64(0), cols, 1, "pj") as j:
+        src = kb.gep(b_base, b.add(b.mul(b.add(col0, j), kdim), k0))
+        with kb.loop(kb.i64(0), kc, 1, "pk") as k:
+            kb.store(kb.load(src, k), buf, b.add(b.mul(k, kb.i64(width)), j))
+    if edge or plan.n % plan.nr:
+        with kb.loop(cols, kb.i64(width), 1, "pz") as j:
+            with kb.loop(kb.i64(0), kc, 1, "pk") as k:
+                kb.store(ir.Constant(ir.FloatType(), 0.0), buf, b.add(b.mul(k, kb.i64(width)), j))
+
+
 def _micro_kernel(ctx: KernelContext, node: Node, plan: GemmPlan, program: tuple, rows: int,
-                  nvec: int, edge: bool) -> ir.Function:
+                  nvec: int, edge: bool, phase: str = "only") -> ir.Function:
     """C[row0:row0+rows, col0:col0+nvec*vw] = epilogue(A rows @ B columns). A[m, k] is at
-    a + m*sam + k*sak; B's row k starts at b + k*sb. With `edge`, the last vector covers only the
-    n % vw real columns: stored masked, and read masked from an unpacked B."""
+    a + m*sam + k*sak; B's row k starts at b + k*sb (B is a packed panel, zero-padded to whole
+    vectors). With `edge`, the last vector covers only the n % vw real columns: stored masked.
+    `phase` splits K into blocks: "first" stores the partial sum, "mid" adds to C, "last" adds
+    and applies the epilogue, "only" (one block) stores the epilogue of the sum."""
     n_extra = len(node.inputs) - 2
     ctx.counter += 1
-    fn = define(ctx.module, f"k{ctx.counter}_gemm_{rows}x{nvec}",
+    fn = define(ctx.module, f"k{ctx.counter}_gemm_{rows}x{nvec}_{phase}",
                 [PTR, PTR, PTR, I64, I64, I64, I64, I64, I64, I64] + [PTR] * n_extra, ctx.target)
     kb = KernelBuilder(fn, ctx.target)
     b = kb.b
@@ -189,7 +249,6 @@ def _micro_kernel(ctx: KernelContext, node: Node, plan: GemmPlan, program: tuple
     extras = list(fn.args[10:])
     vw, n_dim = plan.vw, plan.n
     edge_mask = kb.lane_mask(kb.i64(n_dim % vw)) if edge else None
-    b_mask = None if plan.static_b else edge_mask
     # Few rows leave the FMA latency exposed (one chain per accumulator): split K over `ksplit`
     # accumulator sets and add them at the end.
     ksplit = max(1, min(4, 12 // (rows * nvec)))
@@ -199,8 +258,7 @@ def _micro_kernel(ctx: KernelContext, node: Node, plan: GemmPlan, program: tuple
 
     def step(k: ir.Value, accs: list) -> None:
         brow = b.mul(k, sb)
-        bvals = [kb.load_vector(b_ptr, b.add(brow, kb.i64(v * vw)),
-                                b_mask if v == nvec - 1 else None) for v in range(nvec)]
+        bvals = [kb.vload(b_ptr, b.add(brow, kb.i64(v * vw))) for v in range(nvec)]
         for r in range(rows):
             av = kb.splat(kb.load(a_rows[r], b.mul(k, sak)))
             for v in range(nvec):
@@ -223,58 +281,11 @@ def _micro_kernel(ctx: KernelContext, node: Node, plan: GemmPlan, program: tuple
             col = b.add(col0, kb.i64(v * vw))
             mask = edge_mask if v == nvec - 1 else None
             idx = b.add(c_off, b.add(b.mul(row, kb.i64(n_dim)), col))
-            value = apply_epilogue(kb, program, plan.kinds, extras, kb.get(accs[r][v]), col, idx, mask)
+            value = kb.get(accs[r][v])
+            if phase in ("mid", "last"):
+                value = b.fadd(kb.load_vector(out, idx, mask), value)
+            if phase in ("only", "last"):
+                value = apply_epilogue(kb, program, plan.kinds, extras, value, col, idx, mask)
             kb.store_vector(value, out, idx, mask)
     kb.finish()
     return fn
-
-
-def _emit_dot_gemm(ctx: KernelContext, node: Node, plan: GemmPlan, program: tuple) -> ir.Function:
-    """C = A @ Bs^T with Bs stored (N, K) at run time: each C element is a dot product of two
-    contiguous rows; 4 columns at a time share the loads of the A row."""
-    fn, kb, ins, out, n, tid, nt = ctx.new_kernel(node, "gemm_dot")
-    b = kb.b
-    vw = kb.vw
-    m, kdim = _dim(kb, plan.m, n), _dim(kb, plan.k, n)
-    batches = product(kb, dim_values(kb, plan.batch_shape, n))
-    a_bstride = kb.i64(0) if not plan.a_batch else b.mul(m, kdim)
-    b_bstride = kb.i64(0) if not plan.b_batch else b.mul(kb.i64(plan.n), kdim)
-    extras = [ins[i] for i in range(2, len(ins))]
-    lo, hi = split_range(kb, b.mul(batches, m), tid, nt)
-    cols = 4
-    k_full = b.mul(b.sdiv(kdim, kb.i64(vw)), kb.i64(vw))
-    k_left = b.sub(kdim, k_full)
-    tail = kb.lane_mask(k_left)
-    with kb.loop(lo, hi, 1, "row") as row:
-        bt = b.sdiv(row, m)
-        a_row = kb.gep(ins[0], b.add(b.mul(bt, a_bstride), b.mul(b.srem(row, m), kdim)))
-        b_base = kb.gep(ins[1], b.mul(bt, b_bstride))
-
-        def columns(j0: ir.Value, count: int) -> None:
-            accs = [kb.var(kb.vec_type(), kb.vconst(0.0)) for _ in range(count)]
-            b_rows = [kb.gep(b_base, b.mul(b.add(j0, kb.i64(c)), kdim)) for c in range(count)]
-            with kb.loop(kb.i64(0), k_full, vw, "k") as k:
-                av = kb.vload(a_row, k)
-                for c in range(count):
-                    kb.set(accs[c], kb.fma(av, kb.vload(b_rows[c], k), kb.get(accs[c])))
-            with kb.if_then(b.icmp_signed(">", k_left, kb.i64(0))):
-                av = kb.masked_load(a_row, k_full, tail)
-                for c in range(count):
-                    kb.set(accs[c], kb.fma(av, kb.masked_load(b_rows[c], k_full, tail),
-                                           kb.get(accs[c])))
-            for c in range(count):
-                col = b.add(j0, kb.i64(c))
-                idx = b.add(b.mul(row, kb.i64(plan.n)), col)
-                value = kb.reduce_add(kb.get(accs[c]))
-                value = apply_epilogue(kb, program, plan.kinds, extras, value, col, idx, None)
-                kb.store(value, out, idx)
-
-        full = plan.n - plan.n % cols
-        if full:
-            with kb.loop(kb.i64(0), kb.i64(full), cols, "j") as j0:
-                columns(j0, cols)
-        if plan.n % cols:
-            columns(kb.i64(full), plan.n % cols)
-    kb.finish()
-    return fn
-

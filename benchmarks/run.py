@@ -128,12 +128,18 @@ def main(argv: list[str] | None = None) -> int:
     rows += bench_inference(models.convnet(), [1, 128], args.quick)
     bench_eager(rows)
     table = format_rows(rows)
+    from training import bench_training, format_training
+
+    train_rows = bench_training(interleaved, args.quick)
+    ttable = format_training(train_rows)
     comp = [bench_compile(models.convnet), bench_compile(models.mlp)]
     header = ["| model | cold compile | of which LLVM | from disk cache |", "|---|---:|---:|---:|"]
     ctable = "\n".join(header +
                        [f"| {c['model']} | {c['cold_s'] * 1e3:.0f} ms | {c['llvm_s'] * 1e3:.0f} ms | "
                         f"{c['cached_s'] * 1e3:.1f} ms |" for c in comp])
     print(table)
+    print()
+    print(ttable)
     print()
     print(ctable)
     if args.write:
@@ -144,8 +150,9 @@ def main(argv: list[str] | None = None) -> int:
         text = (f"# Benchmark results\n\nCommand: `KERAS_BACKEND=jax python benchmarks/run.py --write`"
                 f"\n\nMachine: {platform.machine()} {t.cpu} ({t.isa}), {default_threads()} threads; "
                 f"onnxruntime with intra_op_num_threads=2. Times are medians of interleaved runs; "
-                f"ratio < 1 means kcompile is faster.\n\n## Inference\n\n{table}\n\n## Compile time\n\n"
-                f"{ctable}\n")
+                f"ratio < 1 means kcompile is faster.\n\n## Inference\n\n{table}\n\n"
+                f"## Training step (forward + backward + Adam)\n\nRatios in brackets: compiled time / "
+                f"that column's time.\n\n{ttable}\n\n## Compile time\n\n{ctable}\n")
         path = Path(__file__).with_name("RESULTS.md")
         old = path.read_text() if path.exists() else ""
         marker = "<!-- notes: kept by run.py --write -->"

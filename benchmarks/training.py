@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
-
 import models
+import numpy as np
 
 BATCH = 128
 

@@ -21,6 +21,7 @@ class Metric:
     """Running mean of a per-sample value; `update_state`, `result`, `reset_state` as in Keras."""
 
     name = "metric"
+    _direction: str | None = None  # "up"/"down": what improving means (callbacks' mode="auto")
 
     def __init__(self, name: str | None = None, dtype: Any = None) -> None:
         self.name = name or self.name
@@ -91,6 +92,7 @@ class Accuracy(Metric):
     """How often predictions equal labels exactly (mean over the last axis)."""
 
     name = "accuracy"
+    _direction = "up"
 
     def values(self, e, y_true, y_pred):
         hit = e.compare(_float(e, y_true), y_pred, "eq")
@@ -99,6 +101,7 @@ class Accuracy(Metric):
 
 class BinaryAccuracy(Metric):
     name = "binary_accuracy"
+    _direction = "up"
 
     def __init__(self, name: str | None = None, dtype: Any = None, threshold: float = 0.5) -> None:
         super().__init__(name, dtype)
@@ -115,6 +118,7 @@ class BinaryAccuracy(Metric):
 
 class CategoricalAccuracy(Metric):
     name = "categorical_accuracy"
+    _direction = "up"
 
     def values(self, e, y_true, y_pred):
         a = e.op("argmax", _float(e, y_true), axis=-1)
@@ -124,6 +128,7 @@ class CategoricalAccuracy(Metric):
 
 class SparseCategoricalAccuracy(Metric):
     name = "sparse_categorical_accuracy"
+    _direction = "up"
 
     def values(self, e, y_true, y_pred):
         if y_true.type.rank == y_pred.type.rank and y_true.shape[-1] == 1:
@@ -134,6 +139,7 @@ class SparseCategoricalAccuracy(Metric):
 
 class MeanSquaredError(Metric):
     name = "mean_squared_error"
+    _direction = "down"
 
     def values(self, e, y_true, y_pred):
         return e.mean(e.square(e.sub(y_pred, _float(e, y_true))), _last(y_pred))
@@ -141,6 +147,7 @@ class MeanSquaredError(Metric):
 
 class MeanAbsoluteError(Metric):
     name = "mean_absolute_error"
+    _direction = "down"
 
     def values(self, e, y_true, y_pred):
         return e.mean(e.abs(e.sub(y_pred, _float(e, y_true))), _last(y_pred))

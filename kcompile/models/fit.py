@@ -190,7 +190,7 @@ def fit(model: Model, x: Any, y: Any, *, batch_size: int | None = None, epochs: 
             if model.stop_training:  # as Keras 3: a batch-end callback (TerminateOnNaN) stops now
                 break
         logs = dict(logs)
-        if validation_data is not None and not model.stop_training:
+        if validation_data is not None:  # Keras validates even an epoch a callback stopped
             vx, vy, vw = validation_data
             val = evaluate(model, vx, vy, batch_size, 0, vw)
             logs.update({f"val_{k}": v for k, v in val.items()})

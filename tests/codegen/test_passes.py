@@ -8,7 +8,15 @@ import kcompile as keras
 from kcompile import layers
 from kcompile.ir.core import Graph, TensorType
 from kcompile.ir.interpret import run
-from kcompile.ir.passes import dce, fold_batchnorm, fold_constants, fuse, optimize, remove_identities
+from kcompile.ir.passes import (
+    cse,
+    dce,
+    fold_batchnorm,
+    fold_constants,
+    fuse,
+    optimize,
+    remove_identities,
+)
 from kcompile.ir.passes.memory import nbytes_per_sample, plan_memory
 
 
@@ -61,10 +69,31 @@ def test_each_pass_alone_preserves_results() -> None:
     x = np.random.default_rng(2).standard_normal((2, 10, 10, 3), dtype=np.float32)
     graph, params = _graph(m, x)
     want = run(graph, [x], params)[0]
-    for p in (dce, fold_constants, remove_identities, fold_batchnorm, fuse):
+    for p in (dce, fold_constants, remove_identities, cse, fold_batchnorm, fuse):
         g = p(graph)
         g.verify()
         np.testing.assert_allclose(run(g, [x], params)[0], want, rtol=1e-5, atol=1e-6, err_msg=p.__name__)
+
+
+def test_cse_merges_repeated_work_only() -> None:
+    g = Graph(name="g")
+    x = g.add_input(TensorType((None, 4)), "x")
+    c1 = g.add_node("constant", [], {"value": np.float32([1, 2, 3, 4])})[0]
+    c2 = g.add_node("constant", [], {"value": np.float32([1, 2, 3, 4])})[0]
+    c3 = g.add_node("constant", [], {"value": np.float32([1, 2, 3, 5])})[0]
+    a = g.add_node("mul", [x, c1])[0]
+    b = g.add_node("mul", [x, c2])[0]  # same as a once the constants merge
+    c = g.add_node("mul", [x, c3])[0]  # a different constant: kept
+    s1 = g.add_node("sum", [a], {"axes": (1,)})[0]
+    s2 = g.add_node("sum", [b], {"axes": (0,)})[0]  # different attrs: kept
+    g.outputs = [g.add_node("add", [a, b])[0], c, s1, s2]
+    merged = cse(g)
+    merged.verify()
+    assert [n.op for n in merged.nodes] == ["constant", "constant", "mul", "mul", "sum", "sum",
+                                            "add"]
+    x0 = np.arange(8, dtype=np.float32).reshape(2, 4)
+    for u, v in zip(run(merged, [x0]), run(g, [x0]), strict=True):
+        np.testing.assert_array_equal(u, v)
 
 
 def test_dce_and_constant_folding() -> None:

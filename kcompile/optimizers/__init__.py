@@ -14,6 +14,7 @@ import numpy as np
 
 from kcompile.ir.core import Value
 from kcompile.ir.emit import Emitter
+from kcompile.optimizers import schedules  # noqa: F401 - keras.optimizers.schedules
 
 
 class Optimizer:

@@ -92,3 +92,30 @@ def test_mismatched_lengths():
     m = _model()
     with pytest.raises(ValueError, match="50 samples but y has 49"):
         m.fit(X, Y[:49], verbose=0)
+
+
+def test_validation_data_and_initial_epoch_match_keras(capsys):
+    keras = keras_module()
+    ours = _model(2)
+    ours.compile(kcompile.optimizers.Adam(0.05), "sparse_categorical_crossentropy",
+                 metrics=["accuracy"])
+    theirs = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu"),
+                               keras.layers.Dense(2, activation="softmax")])
+    theirs.set_weights(ours.get_weights())
+    theirs.compile(keras.optimizers.Adam(0.05), "sparse_categorical_crossentropy",
+                   metrics=["accuracy"])
+    xv, yv = X[:10] + 0.1, Y[:10]
+    vw = np.linspace(0.5, 2.0, 10).astype(np.float32)
+    kw = dict(batch_size=16, epochs=4, initial_epoch=2, shuffle=False,
+              validation_data=(xv, yv, vw))
+    h1 = ours.fit(X, Y, verbose=1, **kw)
+    out = capsys.readouterr().out
+    h2 = theirs.fit(X, Y, verbose=0, **kw)
+    assert h1.epoch == h2.epoch == [2, 3]
+    assert list(h1.history) == list(h2.history)
+    for key in h2.history:
+        np.testing.assert_allclose(h1.history[key], h2.history[key], rtol=1e-4, atol=1e-6)
+    assert "Epoch 3/4" in out and "Epoch 4/4" in out and "Epoch 1/4" not in out
+    assert "accuracy: " in out and "val_accuracy: " in out and "4/4 [" in out
+    with pytest.raises(ValueError, match="validation_data must be a tuple"):
+        ours.fit(X, Y, validation_data=xv, verbose=0)

@@ -532,3 +532,12 @@ def test_uniform_is_deterministic_and_streams_differ():
     bits = uniform_bits(_key(1, 2), 0, 4096)
     assert bits.dtype == np.uint32 and len(np.unique(bits)) > 4090
     assert abs(np.mean(np.unpackbits(bits.view(np.uint8))) - 0.5) < 0.01  # balanced bits
+
+
+def test_random_streams_of_swapped_seed_and_salt_differ() -> None:
+    """(seed 1, salt 0) and (seed 0, salt 1) once shared a stream (the key was seed ^ salt)."""
+    from kcompile.ir.ops.random import uniform_bits
+
+    a = uniform_bits(np.array([1, 0], np.uint32), 0, 64)
+    b = uniform_bits(np.array([0, 0], np.uint32), 1, 64)
+    assert not np.array_equal(a, b)

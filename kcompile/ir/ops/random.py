@@ -34,7 +34,9 @@ def uniform_bits(key: np.ndarray, salt: int, count: int) -> np.ndarray:
     """uint32 random bits for elements 0..count-1."""
     key = np.asarray(key, dtype=np.uint32).reshape(2)
     with np.errstate(over="ignore"):
-        stream = hash32(hash32(key[0] ^ np.uint32(salt)) + key[1] * _GOLDEN)
+        # the seed is hashed before the salt joins it: (seed ^ salt) would make seed 1 / salt 0
+        # and seed 0 / salt 1 the same stream
+        stream = hash32(hash32(hash32(key[0]) ^ np.uint32(salt)) + key[1] * _GOLDEN)
     idx = np.arange(count, dtype=np.uint32)
     return hash32(idx ^ stream)
 

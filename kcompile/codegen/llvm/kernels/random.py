@@ -40,7 +40,8 @@ def lower_dropout(ctx: KernelContext, node: Node) -> ir.Function:
     lo, hi = split_range(kb, total, tid, nt, grain=vw)
     k0 = kb.load(key, 0, I32)
     k1 = kb.load(key, 1, I32)
-    stream = hash32(kb, b.add(hash32(kb, b.xor(k0, kb.i32(salt))), b.mul(k1, kb.i32(int(_GOLDEN)))))
+    mixed = b.xor(hash32(kb, k0), kb.i32(salt))
+    stream = hash32(kb, b.add(hash32(kb, mixed), b.mul(k1, kb.i32(int(_GOLDEN)))))
     lanes = ir.Constant(ir.VectorType(I32, vw), list(range(vw)))
     scale = kb.vconst(float(1.0 / (1.0 - rate)))  # float32(1 / (1 - rate)), as the reference
     rate_v = kb.vconst(rate)

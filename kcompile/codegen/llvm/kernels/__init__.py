@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 
 _FAMILIES = ("elementwise", "gemm", "fused", "reduce", "pool", "conv", "winograd", "movement", "random",
-             "backward")
+             "backward", "conv_grad")
 
 
 def load_all() -> None:

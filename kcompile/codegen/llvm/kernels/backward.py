@@ -1,8 +1,7 @@
-"""Gradient kernels of convolution and pooling (the ops `conv2d`'s and the pools' vjps emit).
+"""Gradient kernels of pooling (the ops the pools' vjps emit); conv2d's are in conv_grad.py.
 
-Each output element gathers its contributions (no scatter, so threads split the output without
-atomics): dX pixels loop over the kernel taps whose output position exists, dW entries loop over
-batch and output pixels. Vectorised along the contiguous channel dimension where one exists.
+Each input pixel gathers its contributions (no scatter, so threads split the output without
+atomics): it loops over the windows that contain it, vectorised along the channels.
 """
 
 from __future__ import annotations
@@ -38,8 +37,8 @@ def _tap_origin(kb: KernelBuilder, pos: ir.Value, k: int, pad: int, stride: int,
 def _gather_pixels(kb: KernelBuilder, out: ir.Value, n: ir.Value, tid: ir.Value, nt: ir.Value,
                    h: int, wd: int, c: int, contribute) -> None:
     """For every (image, y, x) of an NHWC gradient and each vector of its c channels: an
-    accumulator that `contribute(img, y, x, c0, count, mask, acc)` adds into, then one store.
-    Threads split the N*H rows."""
+    accumulator that `contribute(img, y, x, c0, mask, acc)` adds into, then one store (c0 an i64,
+    mask None or the last vector's lanes). Threads split the N*H rows."""
     b = kb.b
     vw = kb.vw
     lo, hi = split_range(kb, b.mul(n, kb.i64(h)), tid, nt)
@@ -47,94 +46,18 @@ def _gather_pixels(kb: KernelBuilder, out: ir.Value, n: ir.Value, tid: ir.Value,
         img = b.sdiv(row, kb.i64(h))
         y = b.srem(row, kb.i64(h))
         with kb.loop(kb.i64(0), kb.i64(wd), 1, "x") as x:
-            for c0 in range(0, c, vw):
-                cnt = min(vw, c - c0)
-                mask = kb.lane_mask(kb.i64(cnt)) if cnt < vw else None
+            def vector(c0: ir.Value, mask: ir.Value | None) -> None:
                 acc = kb.var(kb.vec_type(), kb.vconst(0.0))
-                contribute(img, y, x, c0, cnt, mask, acc)
-                idx = b.add(b.mul(b.add(b.mul(row, kb.i64(wd)), x), kb.i64(c)), kb.i64(c0))
+                contribute(img, y, x, c0, mask, acc)
+                idx = b.add(b.mul(b.add(b.mul(row, kb.i64(wd)), x), kb.i64(c)), c0)
                 kb.store_vector(kb.get(acc), out, idx, mask)
 
-
-@lowering("conv2d_input_grad")
-def lower_conv_input_grad(ctx: KernelContext, node: Node) -> ir.Function:
-    _require_f32(node)
-    dy, w = node.inputs
-    _, h, wd, ci = node.outputs[0].shape
-    _, oh, ow, co = dy.shape
-    kh, kw = w.shape[:2]
-    sh, sw = node.attrs["strides"]
-    dh, dw = node.attrs["dilation"]
-    (pt, _), (pl, _) = spatial_pads((h, wd), (kh, kw), (sh, sw), (dh, dw), node.attrs["padding"])
-    fn, kb, (dyp, wp), out, n, tid, nt = ctx.new_kernel(node, "conv_dx")
-    b = kb.b
-    vw = kb.vw
-
-    def contribute(img, y, x, c0, cnt, mask, acc):
-        for i in range(kh):
-            oy, ok_y = _tap_origin(kb, y, i, pt, sh, dh, oh)
-            for j in range(kw):
-                ox, ok_x = _tap_origin(kb, x, j, pl, sw, dw, ow)
-                with kb.if_then(b.and_(ok_y, ok_x)):
-                    dbase = b.mul(b.add(b.mul(b.add(b.mul(img, kb.i64(oh)), oy), kb.i64(ow)), ox),
-                                  kb.i64(co))
-                    wbase = kb.i64(((i * kw + j) * ci + c0) * co)
-                    with kb.loop(kb.i64(0), kb.i64(co), 1, "o") as o:
-                        g = kb.splat(kb.load(dyp, b.add(dbase, o)))
-                        # w[i, j, c0:c0+vw, o]: stride co between lanes
-                        vec = ir.Constant(kb.vec_type(), [0.0] * vw)
-                        for lane in range(cnt):
-                            val = kb.load(wp, b.add(wbase, b.add(kb.i64(lane * co), o)))
-                            vec = b.insert_element(vec, val, kb.i32(lane))
-                        kb.set(acc, kb.fma(g, vec, kb.get(acc)))
-
-    _gather_pixels(kb, out, n, tid, nt, h, wd, ci, contribute)
-    kb.finish()
-    return fn
-
-
-@lowering("conv2d_filter_grad")
-def lower_conv_filter_grad(ctx: KernelContext, node: Node) -> ir.Function:
-    _require_f32(node)
-    x, dy = node.inputs
-    _, h, wd, ci = x.shape
-    _, oh, ow, co = dy.shape
-    kh, kw = node.attrs["kernel_hw"]
-    sh, sw = node.attrs["strides"]
-    dh, dw = node.attrs["dilation"]
-    (pt, _), (pl, _) = spatial_pads((h, wd), (kh, kw), (sh, sw), (dh, dw), node.attrs["padding"])
-    fn, kb, (xp, dyp), out, n, tid, nt = ctx.new_kernel(node, "conv_dw")
-    b = kb.b
-    vw = kb.vw
-    taps = kb.i64(kh * kw * ci)  # one (kh, kw, ci) row of dW per work item
-    lo, hi = split_range(kb, taps, tid, nt)
-    with kb.loop(lo, hi, 1, "t") as t:
-        i = b.sdiv(t, kb.i64(kw * ci))
-        j = b.srem(b.sdiv(t, kb.i64(ci)), kb.i64(kw))
-        c = b.srem(t, kb.i64(ci))
-        for o0 in range(0, co, vw):
-            cnt = min(vw, co - o0)
-            mask = kb.lane_mask(kb.i64(cnt)) if cnt < vw else None
-            acc = kb.var(kb.vec_type(), kb.vconst(0.0))
-            with kb.loop(kb.i64(0), n, 1, "img") as img:
-                with kb.loop(kb.i64(0), kb.i64(oh), 1, "oy") as oy:
-                    iy = b.add(b.sub(b.mul(oy, kb.i64(sh)), kb.i64(pt)), b.mul(i, kb.i64(dh)))
-                    ok_y = b.and_(b.icmp_signed(">=", iy, kb.i64(0)), b.icmp_signed("<", iy, kb.i64(h)))
-                    with kb.if_then(ok_y):
-                        with kb.loop(kb.i64(0), kb.i64(ow), 1, "ox") as ox:
-                            ix = b.add(b.sub(b.mul(ox, kb.i64(sw)), kb.i64(pl)), b.mul(j, kb.i64(dw)))
-                            ok_x = b.and_(b.icmp_signed(">=", ix, kb.i64(0)),
-                                          b.icmp_signed("<", ix, kb.i64(wd)))
-                            with kb.if_then(ok_x):
-                                xv = kb.load(xp, b.add(b.mul(b.add(b.mul(b.add(b.mul(img, kb.i64(h)), iy),
-                                                                         kb.i64(wd)), ix), kb.i64(ci)), c))
-                                didx = b.add(b.mul(b.add(b.mul(b.add(b.mul(img, kb.i64(oh)), oy),
-                                                             kb.i64(ow)), ox), kb.i64(co)), kb.i64(o0))
-                                kb.set(acc, kb.fma(kb.splat(xv), kb.load_vector(dyp, didx, mask),
-                                                   kb.get(acc)))
-            kb.store_vector(kb.get(acc), out, b.add(b.mul(t, kb.i64(co)), kb.i64(o0)), mask)
-    kb.finish()
-    return fn
+            full = c - c % vw
+            if full:  # a loop over the channel vectors, not copies (compile time)
+                with kb.loop(kb.i64(0), kb.i64(full), vw, "c") as c0:
+                    vector(c0, None)
+            if c % vw:
+                vector(kb.i64(full), kb.lane_mask(kb.i64(c % vw)))
 
 
 @lowering("max_pool2d_grad", "avg_pool2d_grad")
@@ -162,14 +85,14 @@ def lower_pool_grad(ctx: KernelContext, node: Node) -> ir.Function:
     def pix(img, yy, xx, width, height):
         return b.mul(b.add(b.mul(b.add(b.mul(img, kb.i64(height)), yy), kb.i64(width)), xx), kb.i64(c))
 
-    def contribute(img, y, x_, c0, cnt, mask, acc):
-        me = kb.load_vector(xp, b.add(pix(img, y, x_, wd, h), kb.i64(c0)), mask) if is_max else None
+    def contribute(img, y, x_, c0, mask, acc):
+        me = kb.load_vector(xp, b.add(pix(img, y, x_, wd, h), c0), mask) if is_max else None
         for i in range(ph):
             oy, ok_y = _tap_origin(kb, y, i, pt, sh, 1, oh)
             for j in range(pw):
                 ox, ok_x = _tap_origin(kb, x_, j, pl, sw, 1, ow)
                 with kb.if_then(b.and_(ok_y, ok_x)):
-                    g = kb.load_vector(dyp, b.add(pix(img, oy, ox, ow, oh), kb.i64(c0)), mask)
+                    g = kb.load_vector(dyp, b.add(pix(img, oy, ox, ow, oh), c0), mask)
                     if is_max:
                         g = b.select(_first_max(kb, xp, img, oy, ox, i, j, me, c0, mask,
                                                 (h, wd, c, ph, pw, sh, sw, pt, pl)),
@@ -207,8 +130,7 @@ def _first_max(kb, xp, img, oy, ox, i, j, me, c0, mask, geom) -> ir.Value:
                             b.and_(b.icmp_signed(">=", xx, kb.i64(0)), b.icmp_signed("<", xx, kb.i64(wd))))
             yy = b.select(inside, yy, kb.i64(0))
             xx = b.select(inside, xx, kb.i64(0))
-            idx = b.add(b.mul(b.add(b.mul(b.add(b.mul(img, kb.i64(h)), yy), kb.i64(wd)), xx), kb.i64(c)),
-                        kb.i64(c0))
+            idx = b.add(b.mul(b.add(b.mul(b.add(b.mul(img, kb.i64(h)), yy), kb.i64(wd)), xx), kb.i64(c)), c0)
             other = kb.load_vector(xp, idx, mask)
             other = b.select(kb.splat(inside), other, kb.vconst(-math.inf))
             # earlier taps must be strictly smaller, later ones not larger

@@ -311,6 +311,20 @@ class Model(Layer):
     def predict_on_batch(self, x: Any) -> Any:
         return self._run(x, training=False)
 
+    def export(self, filepath: Any, format: str = "onnx", verbose: Any = None,
+               input_signature: Any = None, opset_version: int | None = None) -> None:
+        """Keras 3's `export`: writes the inference graph as ONNX (the one format supported) with a
+        dynamic batch dim, the weights as initializers and default-domain ops only. `opset_version`
+        defaults to the newest tested opset (see `kcompile.codegen.onnx.SUPPORTED_OPSETS`)."""
+        if format != "onnx":
+            raise ValueError(f"export: unrecognized format={format!r}; kcompile supports "
+                             "format='onnx'")
+        from kcompile.codegen.onnx.exporter import export_model
+
+        export_model(self, filepath, opset_version=opset_version, input_signature=input_signature)
+        if verbose:
+            print(f"Saved artifact at '{filepath}'.")
+
     # -- reporting -----------------------------------------------------------------------------
     def summary(self, line_length: int | None = None, positions: Any = None,
                 print_fn: Callable[[str], Any] | None = None, expand_nested: bool = False,

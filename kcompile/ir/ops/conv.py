@@ -90,8 +90,27 @@ def _conv2d_vjp(e, inputs, out, g, strides, padding, dilation):
     return [gx, gw]
 
 
+def onnx_pads(hw: tuple[int, int], window: tuple[int, int], strides: tuple[int, int],
+              dilation: tuple[int, int], padding: str) -> list[int]:
+    """ONNX `pads` [top, left, bottom, right]: Keras's 'same' puts the odd pixel bottom/right."""
+    (pt, pb), (pl, pr) = spatial_pads(hw, window, strides, dilation, padding)
+    return [pt, pl, pb, pr]
+
+
+def _conv2d_onnx(ctx, inputs, outputs, strides, padding, dilation):
+    """Conv in NCHW with an OIHW kernel; the NHWC result is a transpose that the exporter drops
+    when the next ops stay in NCHW (a run of convs transposes once at each end)."""
+    x, w = inputs
+    kh, kw = ctx.type(w).shape[:2]
+    kernel = ctx.transpose(w, (3, 2, 0, 1), hint=f"{w}_oihw")
+    y = ctx.node("Conv", [ctx.to_nchw(x), kernel], kernel_shape=[kh, kw], strides=list(strides),
+                 dilations=list(dilation),
+                 pads=onnx_pads(ctx.type(x).shape[1:3], (kh, kw), strides, dilation, padding))
+    ctx.from_nchw(y, outputs[0])
+
+
 defop("conv2d", attrs=_CONV_ATTRS, infer=_conv2d_infer, ref=_conv2d_ref, vjp=_conv2d_vjp,
-      num_inputs=2,
+      onnx=_conv2d_onnx, num_inputs=2,
       doc="Cross-correlation of NHWC x with an HWIO kernel; bias is a separate bias_add.")
 
 

@@ -19,6 +19,15 @@ from kcompile.ir.ops._util import (
 )
 
 
+def _onnx_pointwise(op_type: str):
+    """The `onnx` rule of an op that is one ONNX elementwise node (NCHW when its input is)."""
+
+    def rule(ctx, inputs, outputs, **_attrs):
+        ctx.pointwise(lambda ins, out: ctx.node(op_type, ins, [out]), inputs, outputs[0])
+
+    return rule
+
+
 # --- binary arithmetic ----------------------------------------------------------------------------
 def _binary_infer(name: str):
     def infer(a: TensorType, b: TensorType) -> TensorType:
@@ -102,9 +111,12 @@ _BINARY = {
             "a ** b (float); Adam's bias corrections beta ** step."),
 }
 
+_BINARY_ONNX = {"add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div", "maximum": "Max",
+                "minimum": "Min", "pow": "Pow"}
+
 for _name, (_fn, _infer, _vjp, _doc) in _BINARY.items():
-    defop(_name, infer=_infer, ref=_fn, vjp=_vjp, num_inputs=2, doc=_doc,
-          tags=("elementwise", "binary"))
+    defop(_name, infer=_infer, ref=_fn, vjp=_vjp, onnx=_onnx_pointwise(_BINARY_ONNX[_name]),
+          num_inputs=2, doc=_doc, tags=("elementwise", "binary"))
 
 
 _PREDICATES = {"gt": np.greater, "ge": np.greater_equal, "lt": np.less, "le": np.less_equal,
@@ -122,10 +134,25 @@ def _compare_infer(a: TensorType, b: TensorType, predicate: str) -> TensorType:
     return TensorType(broadcast_shapes("compare", a.shape, b.shape), out)
 
 
+_ONNX_PREDICATES = {"gt": "Greater", "ge": "GreaterOrEqual", "lt": "Less", "le": "LessOrEqual",
+                    "eq": "Equal", "ne": "Equal"}
+
+
+def _compare_onnx(ctx, inputs, outputs, predicate):
+    dtype = ctx.type(outputs[0]).dtype
+
+    def emit(ins, out):
+        mask = ctx.node(_ONNX_PREDICATES[predicate], ins)
+        ctx.cast(ctx.node("Not", [mask]) if predicate == "ne" else mask, dtype, out=out)
+
+    ctx.pointwise(emit, inputs, outputs[0])
+
+
 defop("compare", attrs={"predicate": Attr(str, check=lambda p: p in _PREDICATES,
                                           help="/".join(_PREDICATES))},
       infer=_compare_infer, ref=_compare_ref, vjp=lambda e, inputs, out, g, predicate: [None, None],
-      num_inputs=2, doc="1.0 where `a <predicate> b` else 0.0 (float masks for gradients and metrics).",
+      onnx=_compare_onnx, num_inputs=2,
+      doc="1.0 where `a <predicate> b` else 0.0 (float masks for gradients and metrics).",
       tags=("elementwise", "binary"))
 
 
@@ -138,7 +165,19 @@ def _bias_add_infer(x: TensorType, b: TensorType) -> TensorType:
     return x
 
 
-defop("bias_add", infer=_bias_add_infer, ref=lambda x, b: x + b, vjp=_add_vjp, num_inputs=2,
+def _bias_add_onnx(ctx, inputs, outputs):
+    """Add; on an NCHW twin the bias is reshaped to (C, 1, 1) (folded at export for weights)."""
+    x, b = inputs
+    t = ctx.type(x)
+    if t.rank == 4 and ctx.nchw(x):
+        b_c11 = ctx.node("Reshape", [b, ctx.ints([t.shape[3], 1, 1])], [ctx.fresh(f"{b}_c11")])
+        ctx.from_nchw(ctx.node("Add", [ctx.nchw(x), b_c11]), outputs[0])
+    else:
+        ctx.node("Add", [x, b], outputs)
+
+
+defop("bias_add", infer=_bias_add_infer, ref=lambda x, b: x + b, vjp=_add_vjp, onnx=_bias_add_onnx,
+      num_inputs=2,
       doc="x + b along the last (channel) axis; kept apart from `add` so GEMM/conv can fuse it.",
       tags=("elementwise",))
 
@@ -150,9 +189,15 @@ def _broadcast_like_infer(x: TensorType, like: TensorType) -> TensorType:
     return TensorType(like.shape, x.dtype)
 
 
+def _broadcast_like_onnx(ctx, inputs, outputs):
+    """Expand to the runtime shape of `like`, so the batch dim stays dynamic."""
+    ctx.node("Expand", [inputs[0], ctx.node("Shape", [inputs[1]])], outputs)
+
+
 defop("broadcast_like", infer=_broadcast_like_infer,
       ref=lambda x, like: np.ascontiguousarray(np.broadcast_to(x, like.shape)),
-      vjp=lambda e, inputs, out, g: [e.unbroadcast(g, inputs[0].type), None], num_inputs=2,
+      vjp=lambda e, inputs, out, g: [e.unbroadcast(g, inputs[0].type), None],
+      onnx=_broadcast_like_onnx, num_inputs=2,
       doc="x broadcast to the shape of `like` (whose values are not read): the adjoint of sum, "
           "with the symbolic batch dim taken from `like`.", tags=("elementwise", "binary"))
 
@@ -228,8 +273,12 @@ _UNARY = {
              "Square root (BatchNorm's variance term)."),
 }
 
+_UNARY_ONNX = {"neg": "Neg", "abs": "Abs", "relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh",
+               "exp": "Exp", "log": "Log", "sqrt": "Sqrt"}
+
 for _name, (_fn, _vjp, _doc) in _UNARY.items():
-    defop(_name, infer=_float_unary_infer(_name), ref=_fn, vjp=_vjp, num_inputs=1, doc=_doc,
+    defop(_name, infer=_float_unary_infer(_name), ref=_fn, vjp=_vjp,
+          onnx=_onnx_pointwise(_UNARY_ONNX[_name]), num_inputs=1, doc=_doc,
           tags=("elementwise", "unary"))
 
 
@@ -237,8 +286,28 @@ def _gelu_vjp(e, inputs, out, g, approximate):
     return [e.mul(g, e.op("gelu_grad", inputs[0], approximate=approximate))]
 
 
+def _gelu_onnx(ctx, inputs, outputs, approximate):
+    """ONNX Gelu from opset 20; before, its exact (erf) or tanh formula in plain ops."""
+
+    def emit(ins, out):
+        (x,) = ins
+        if ctx.opset >= 20:
+            ctx.node("Gelu", [x], [out], approximate="tanh" if approximate else "none")
+            return
+        if approximate:  # 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+            cube = ctx.node("Mul", [ctx.node("Mul", [x, x]), x])
+            inner = ctx.node("Add", [x, ctx.node("Mul", [cube, ctx.scalar(0.044715, x)])])
+            phi = ctx.node("Tanh", [ctx.node("Mul", [inner, ctx.scalar(math.sqrt(2 / math.pi), x)])])
+        else:  # 0.5 x (1 + erf(x / sqrt(2)))
+            phi = ctx.node("Erf", [ctx.node("Mul", [x, ctx.scalar(1 / math.sqrt(2), x)])])
+        half_x = ctx.node("Mul", [x, ctx.scalar(0.5, x)])
+        ctx.node("Mul", [half_x, ctx.node("Add", [phi, ctx.scalar(1.0, x)])], [out])
+
+    ctx.pointwise(emit, inputs, outputs[0])
+
+
 defop("gelu", attrs={"approximate": Attr(bool, False)}, infer=_float_unary_infer("gelu"),
-      ref=_gelu, vjp=_gelu_vjp, num_inputs=1,
+      ref=_gelu, vjp=_gelu_vjp, onnx=_gelu_onnx, num_inputs=1,
       doc="Gaussian error linear unit; exact (erf) by default as in Keras, or the tanh form.",
       tags=("elementwise", "unary"))
 
@@ -268,8 +337,12 @@ def _cast_vjp(e, inputs, out, g, dtype):
     return [e.cast(g, x.dtype)]
 
 
+def _cast_onnx(ctx, inputs, outputs, dtype):
+    ctx.pointwise(lambda ins, out: ctx.cast(ins[0], dtype, out=out), inputs, outputs[0])
+
+
 defop("cast", attrs={"dtype": Attr(str, check=is_dtype, help=DTYPE_HELP)}, infer=_cast_infer,
-      ref=lambda x, dtype: x.astype(dtype), vjp=_cast_vjp, num_inputs=1,
+      ref=lambda x, dtype: x.astype(dtype), vjp=_cast_vjp, onnx=_cast_onnx, num_inputs=1,
       doc="Convert to another dtype.", tags=("elementwise", "unary"))
 
 
@@ -278,5 +351,6 @@ def _constant_infer(value: np.ndarray) -> TensorType:
 
 
 defop("constant", attrs={"value": Attr(np.ndarray)}, infer=_constant_infer,
-      ref=lambda value: value, vjp=lambda e, inputs, out, g, value: [], num_inputs=0,
+      ref=lambda value: value, vjp=lambda e, inputs, out, g, value: [],
+      onnx=lambda ctx, inputs, outputs, value: ctx.add_initializer(outputs[0], value), num_inputs=0,
       doc="A literal tensor, stored in the graph (folded into kernels by the compiler).")

@@ -64,7 +64,22 @@ def _fused_ref(*arrays: np.ndarray, program: tuple[Step, ...]) -> np.ndarray:
     return results[-1]
 
 
+def _fused_onnx(ctx, inputs, outputs, program: tuple[Step, ...]):
+    """Each step through its own op's onnx rule (ONNX runtimes do their own fusion)."""
+    names: list[str] = []
+    for k, (op, args, attrs) in enumerate(program):
+        opdef = get_op(op)
+        checked = opdef.check_attrs(dict(attrs))
+        arg_names = [_resolve(a, inputs, names) for a in args]
+        if opdef.onnx is None:
+            raise NotImplementedError(f"op {op!r} (step {k} of a fused node) has no ONNX rule")
+        out = outputs[0] if k == len(program) - 1 else ctx.fresh(f"{outputs[0]}/s{k}")
+        ctx.set_type(out, opdef.infer_types([ctx.type(n) for n in arg_names], checked)[0])
+        opdef.onnx(ctx, arg_names, [out], **checked)
+        names.append(out)
+
+
 defop("fused", attrs={"program": Attr(tuple, check=_is_program, help="a tuple of (op, args, attrs)")},
-      infer=_fused_infer, ref=_fused_ref,
+      infer=_fused_infer, ref=_fused_ref, onnx=_fused_onnx,
       doc="Steps the compiler runs as one kernel (an anchor plus its elementwise epilogue).",
       tags=("internal",))

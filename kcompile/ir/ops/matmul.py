@@ -56,7 +56,24 @@ def _matmul_vjp(e, inputs, out, g, transpose_a, transpose_b):
     return [e.unbroadcast(ga, a.type), e.unbroadcast(gb, b.type)]
 
 
+def _matmul_onnx(ctx, inputs, outputs, transpose_a, transpose_b):
+    """Gemm (transposes as flags) for two matrices; MatMul after explicit transposes otherwise
+    (folded into the weights at export when the operand is one)."""
+    a, b = inputs
+    rank_a, rank_b = ctx.type(a).rank, ctx.type(b).rank
+    if rank_a == 2 and rank_b == 2:
+        ctx.node("Gemm", [a, b], outputs, transA=int(transpose_a) or None,
+                 transB=int(transpose_b) or None)
+        return
+
+    def swap_last(x, rank):
+        return ctx.transpose(x, (*range(rank - 2), rank - 1, rank - 2), hint=f"{x}_T")
+
+    ctx.node("MatMul", [swap_last(a, rank_a) if transpose_a else a,
+                        swap_last(b, rank_b) if transpose_b else b], outputs)
+
+
 defop("matmul", attrs={"transpose_a": Attr(bool, False), "transpose_b": Attr(bool, False)},
-      infer=_matmul_infer, ref=_matmul_ref, vjp=_matmul_vjp, num_inputs=2,
+      infer=_matmul_infer, ref=_matmul_ref, vjp=_matmul_vjp, onnx=_matmul_onnx, num_inputs=2,
       doc="NumPy matmul for rank >= 2: (..., M, K) @ (..., K, N), either operand optionally "
           "transposed in its last two axes; Dense is (N, K) @ (K, units).")

@@ -35,10 +35,30 @@ def _reshape_ref(x: np.ndarray, shape: tuple) -> np.ndarray:
     return np.reshape(x, tuple(-1 if d is None else d for d in shape))
 
 
+def _reshape_onnx(ctx, inputs, outputs, shape):
+    """The batch dim stays dynamic: 0 (copy the input's dim) where it keeps its position, -1 where
+    it moves; with literal zero dims (allowzero=1) it is read from the input's runtime shape."""
+    x = inputs[0]
+    if None not in shape:
+        ctx.node("Reshape", [x, ctx.ints(shape)], outputs, allowzero=1 if 0 in shape else None)
+        return
+    b_in, b_out = ctx.type(x).shape.index(None), shape.index(None)
+    if 0 not in shape:
+        ctx.node("Reshape", [x, ctx.ints([(0 if b_in == b_out else -1) if d is None else d
+                                          for d in shape])], outputs)
+        return
+    parts = [ctx.node("Shape", [x], start=b_in, end=b_in + 1)]
+    if b_out > 0:
+        parts.insert(0, ctx.ints(shape[:b_out]))
+    if b_out < len(shape) - 1:
+        parts.append(ctx.ints(shape[b_out + 1:]))
+    ctx.node("Reshape", [x, ctx.node("Concat", parts, axis=0)], outputs, allowzero=1)
+
+
 defop("reshape", attrs={"shape": Attr(tuple, check=_is_target_shape,
                                       help="ints >= 0 and at most one None (the batch dim)")},
       infer=_reshape_infer, ref=_reshape_ref, num_inputs=1,
-      vjp=lambda e, inputs, out, g, shape: [e.reshape(g, inputs[0].shape)],
+      vjp=lambda e, inputs, out, g, shape: [e.reshape(g, inputs[0].shape)], onnx=_reshape_onnx,
       doc="Row-major reshape; the symbolic batch dim is carried as `None` in the target.")
 
 
@@ -64,6 +84,7 @@ def _transpose_infer(x: TensorType, perm: tuple) -> TensorType:
 defop("transpose", attrs={"perm": Attr(tuple)}, infer=_transpose_infer,
       ref=lambda x, perm: np.transpose(x, perm),
       vjp=lambda e, inputs, out, g, perm: [e.transpose(g, tuple(np.argsort(perm)))],
+      onnx=lambda ctx, inputs, outputs, perm: ctx.transpose(inputs[0], perm, out=outputs[0]),
       num_inputs=1, doc="Permute axes.")
 
 
@@ -99,8 +120,18 @@ def _concat_vjp(e, inputs, out, g, axis):
     return grads
 
 
+def _concat_onnx(ctx, inputs, outputs, axis):
+    """Concat; rank-4 inputs with an NCHW twin (conv branches) are joined in NCHW."""
+    if all(ctx.type(x).rank == 4 for x in inputs) and any(ctx.nchw(x) for x in inputs):
+        y = ctx.node("Concat", [ctx.to_nchw(x) for x in inputs], axis=ctx.nchw_axis(axis))
+        ctx.from_nchw(y, outputs[0])
+    else:
+        ctx.node("Concat", inputs, outputs, axis=axis)
+
+
 defop("concat", attrs={"axis": Attr(int)}, infer=_concat_infer,
-      ref=lambda *xs, axis: np.concatenate(xs, axis=axis), vjp=_concat_vjp, doc="Join along an axis.")
+      ref=lambda *xs, axis: np.concatenate(xs, axis=axis), vjp=_concat_vjp, onnx=_concat_onnx,
+      doc="Join along an axis.")
 
 
 def _slice_infer(x: TensorType, axis: int, start: int, stop: int) -> TensorType:
@@ -137,6 +168,10 @@ def _slice_vjp(e, inputs, out, g, axis, start, stop):
     return [pieces[0] if len(pieces) == 1 else e.op("concat", *pieces, axis=ax)]
 
 
+def _slice_onnx(ctx, inputs, outputs, axis, start, stop):
+    ctx.node("Slice", [inputs[0], ctx.ints([start]), ctx.ints([stop]), ctx.ints([axis])], outputs)
+
+
 defop("slice", attrs={"axis": Attr(int), "start": Attr(int), "stop": Attr(int)},
-      infer=_slice_infer, ref=_slice_ref, vjp=_slice_vjp, num_inputs=1,
+      infer=_slice_infer, ref=_slice_ref, vjp=_slice_vjp, onnx=_slice_onnx, num_inputs=1,
       doc="x[..., start:stop, ...] along one non-batch axis (concat's adjoint).")

@@ -53,7 +53,32 @@ def _batchnorm_vjp(e, inputs, out, g, axis, epsilon):
     return [gx, g_gamma, g_beta, g_mean, g_var]
 
 
+def _batchnorm_onnx(ctx, inputs, outputs, axis, epsilon):
+    """ONNX BatchNormalization (inference mode) wants channels on axis 1: NHWC rank-4 inputs go
+    through their NCHW twin; other layouts are written as (x - mean) * gamma / sqrt(var + eps) + beta."""
+    x, gamma, beta, mean, var = inputs
+    t = ctx.type(x)
+    ax = axis % t.rank
+    if t.rank == 4 and ax == 3:
+        y = ctx.node("BatchNormalization", [ctx.to_nchw(x), gamma, beta, mean, var], epsilon=epsilon)
+        ctx.from_nchw(y, outputs[0])
+        return
+    if t.rank >= 2 and ax == 1:
+        ctx.node("BatchNormalization", [x, gamma, beta, mean, var], outputs, epsilon=epsilon)
+        return
+    shape = [1] * t.rank
+    shape[ax] = t.shape[ax]
+
+    def per_channel(v):
+        return ctx.node("Reshape", [v, ctx.ints(shape)])
+
+    inv = ctx.node("Div", [gamma, ctx.node("Sqrt", [ctx.node("Add", [var, ctx.scalar(epsilon, x)])])])
+    centered = ctx.node("Sub", [x, per_channel(mean)])
+    ctx.node("Add", [ctx.node("Mul", [centered, per_channel(inv)]), per_channel(beta)], outputs)
+
+
 defop("batchnorm",
       attrs={"axis": Attr(int, -1), "epsilon": Attr(float, 1e-3, lambda e: e >= 0, ">= 0")},
-      infer=_batchnorm_infer, ref=_batchnorm_ref, vjp=_batchnorm_vjp, num_inputs=5,
+      infer=_batchnorm_infer, ref=_batchnorm_ref, vjp=_batchnorm_vjp, onnx=_batchnorm_onnx,
+      num_inputs=5,
       doc="(x - mean) * gamma / sqrt(var + eps) + beta along `axis`; folded into conv/dense later.")

@@ -7,7 +7,7 @@ import numpy as np
 from kcompile.ir.core import TensorType, format_shape
 from kcompile.ir.opdef import Attr, defop
 from kcompile.ir.ops._util import is_pair, require_float, require_rank
-from kcompile.ir.ops.conv import PADDINGS, output_size, spatial_pads, windows
+from kcompile.ir.ops.conv import PADDINGS, onnx_pads, output_size, spatial_pads, windows
 
 
 def _pool_infer(name: str):
@@ -57,11 +57,27 @@ def _avg_pool_vjp(e, inputs, out, g, pool_size, strides, padding):
                  strides=strides, padding=padding)]
 
 
+def _pool_onnx(op_type: str):
+    """MaxPool pads never win; AveragePool with count_include_pad=0 averages in-bounds pixels only,
+    as Keras's 'same'."""
+    extra = {"count_include_pad": 0} if op_type == "AveragePool" else {}
+
+    def rule(ctx, inputs, outputs, pool_size, strides, padding):
+        x = inputs[0]
+        y = ctx.node(op_type, [ctx.to_nchw(x)], kernel_shape=list(pool_size), strides=list(strides),
+                     pads=onnx_pads(ctx.type(x).shape[1:3], pool_size, strides, (1, 1), padding),
+                     **extra)
+        ctx.from_nchw(y, outputs[0])
+
+    return rule
+
+
 defop("max_pool2d", attrs=_POOL_ATTRS, infer=_pool_infer("max_pool2d"), ref=_max_pool_ref,
-      vjp=_max_pool_vjp, num_inputs=1,
+      vjp=_max_pool_vjp, onnx=_pool_onnx("MaxPool"), num_inputs=1,
       doc="Window max; 'same' pads with -inf so padding never wins.")
 defop("avg_pool2d", attrs=_POOL_ATTRS, infer=_pool_infer("avg_pool2d"), ref=_avg_pool_ref,
-      vjp=_avg_pool_vjp, num_inputs=1, doc="Window mean over the in-bounds elements only.")
+      vjp=_avg_pool_vjp, onnx=_pool_onnx("AveragePool"), num_inputs=1,
+      doc="Window mean over the in-bounds elements only.")
 
 
 def _max_pool_grad_ref(x: np.ndarray, dy: np.ndarray, pool_size: tuple, strides: tuple,

@@ -74,12 +74,41 @@ def _max_vjp(e, inputs, out, g, axes, keepdims):
     return [e.div(e.mul(hit, _expand(e, g, x, axes)), ties)]
 
 
+def _reduce_onnx(op_type: str):
+    """ReduceSum/Mean/Max. On an NCHW twin (global pooling after convs) the axes are mapped and
+    the twin is reduced directly when the result's axis order allows."""
+
+    def rule(ctx, inputs, outputs, axes, keepdims):
+        x = inputs[0]
+        rank = ctx.type(x).rank
+        ax = None if axes is None else norm_axes(op_type, axes, rank)
+        if ax == ():  # nothing to reduce (an empty ONNX axes list would mean "all")
+            ctx.node("Identity", [x], outputs)
+            return
+        twin = ctx.nchw(x) if rank == 4 and ax is not None else None
+        if twin is not None:
+            twin_axes = sorted(ctx.nchw_axis(a) for a in ax)
+            kept = [a for a in ctx.TO_NCHW if a not in ax]  # surviving NHWC axes, in twin order
+            if keepdims:
+                ctx.from_nchw(ctx.reduce(op_type, twin, twin_axes, True), outputs[0])
+                return
+            if kept == sorted(kept):
+                ctx.reduce(op_type, twin, twin_axes, False, out=outputs[0])
+                return
+        ctx.reduce(op_type, x, ax, keepdims, out=outputs[0])
+
+    return rule
+
+
 defop("sum", attrs=_REDUCE_ATTRS, infer=_reduce_infer("sum"), ref=_reduce_ref(np.sum),
-      vjp=_sum_vjp, num_inputs=1, doc="Sum over `axes` (all when None).", tags=("reduce",))
+      vjp=_sum_vjp, onnx=_reduce_onnx("ReduceSum"), num_inputs=1,
+      doc="Sum over `axes` (all when None).", tags=("reduce",))
 defop("mean", attrs=_REDUCE_ATTRS, infer=_reduce_infer("mean"), ref=_reduce_ref(np.mean),
-      vjp=_mean_vjp, num_inputs=1, doc="Mean over `axes` (all when None).", tags=("reduce",))
+      vjp=_mean_vjp, onnx=_reduce_onnx("ReduceMean"), num_inputs=1,
+      doc="Mean over `axes` (all when None).", tags=("reduce",))
 defop("max", attrs=_REDUCE_ATTRS, infer=_reduce_infer("max"), ref=_reduce_ref(np.max),
-      vjp=_max_vjp, num_inputs=1, doc="Max over `axes` (all when None).", tags=("reduce",))
+      vjp=_max_vjp, onnx=_reduce_onnx("ReduceMax"), num_inputs=1,
+      doc="Max over `axes` (all when None).", tags=("reduce",))
 
 
 def _along_axis_infer(name: str):
@@ -107,8 +136,15 @@ def _softmax_vjp(e, inputs, out, g, axis):
     return [e.sub(gy, e.mul(out, e.broadcast_like(e.sum(gy, (axis,), keepdims=True), out)))]
 
 
+def _along_axis_onnx(op_type: str):
+    def rule(ctx, inputs, outputs, axis):
+        ctx.node(op_type, inputs, outputs, axis=axis)
+
+    return rule
+
+
 defop("softmax", attrs={"axis": Attr(int, -1)}, infer=_softmax_infer, ref=_softmax_ref,
-      vjp=_softmax_vjp, num_inputs=1,
+      vjp=_softmax_vjp, onnx=_along_axis_onnx("Softmax"), num_inputs=1,
       doc="exp(x - max) / sum; one op so backends can fuse the max/sum passes.")
 
 
@@ -126,7 +162,7 @@ def _log_softmax_vjp(e, inputs, out, g, axis):
 
 
 defop("log_softmax", attrs={"axis": Attr(int, -1)}, infer=_log_softmax_infer, ref=_log_softmax_ref,
-      vjp=_log_softmax_vjp, num_inputs=1,
+      vjp=_log_softmax_vjp, onnx=_along_axis_onnx("LogSoftmax"), num_inputs=1,
       doc="x - max - log(sum(exp(x - max))): cross-entropy from logits without overflow.")
 
 
@@ -143,9 +179,15 @@ def _not_differentiable(name: str):
     return vjp
 
 
+def _argmax_onnx(ctx, inputs, outputs, axis):
+    """ArgMax (first maximum, int64) cast to the IR's int32."""
+    ctx.cast(ctx.node("ArgMax", inputs, axis=axis, keepdims=0, select_last_index=0), "int32",
+             out=outputs[0])
+
+
 defop("argmax", attrs={"axis": Attr(int, -1)}, infer=_argmax_infer,
       ref=lambda x, axis: np.argmax(x, axis=axis).astype(np.int32),
-      vjp=_not_differentiable("argmax"), num_inputs=1,
+      vjp=_not_differentiable("argmax"), onnx=_argmax_onnx, num_inputs=1,
       doc="Index of the first maximum along `axis` (accuracy metrics).")
 
 
@@ -160,13 +202,22 @@ def _one_hot_ref(labels: np.ndarray, depth: int, dtype: str) -> np.ndarray:
     return (idx[..., None] == np.arange(depth)).astype(dtype)
 
 
+def _one_hot_onnx(ctx, inputs, outputs, depth, dtype):
+    """labels[..., None] == arange(depth), as `ref` (not ONNX OneHot, which wraps negative labels)."""
+    labels = ctx.node("Unsqueeze", [ctx.cast(inputs[0], "int64"), ctx.ints([-1])])
+    hit = ctx.node("Equal", [labels, ctx.const(np.arange(depth, dtype=np.int64), hint="one_hot_range")])
+    ctx.cast(hit, dtype, out=outputs[0])
+
+
 defop("one_hot", attrs={"depth": Attr(int, check=lambda d: d > 0, help="> 0"),
                         "dtype": Attr(str, "float32", is_dtype, DTYPE_HELP)},
-      infer=_one_hot_infer, ref=_one_hot_ref, vjp=_not_differentiable("one_hot"), num_inputs=1,
+      infer=_one_hot_infer, ref=_one_hot_ref, vjp=_not_differentiable("one_hot"),
+      onnx=_one_hot_onnx, num_inputs=1,
       doc="1.0 at each label's index (labels outside [0, depth) give a zero row; the trainer "
           "rejects them before they get here).")
 
 
 defop("stop_gradient", infer=lambda x: x, ref=lambda x: x,
-      vjp=lambda e, inputs, out, g: [None], num_inputs=1,
+      vjp=lambda e, inputs, out, g: [None],
+      onnx=lambda ctx, inputs, outputs: ctx.node("Identity", inputs, outputs), num_inputs=1,
       doc="Identity whose gradient is zero (the max shift of a stable softmax).", tags=("elementwise",))

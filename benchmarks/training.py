@@ -21,12 +21,17 @@ def _data(model):
     return rng.standard_normal((BATCH, *shape)).astype(np.float32), rng.integers(0, 10, BATCH)
 
 
+def _adam_step(model, weights, x_like, **compile_kw):
+    """`train_on_batch` closure of `model` compiled with Adam and sparse CE on the shared data."""
+    model.set_weights(weights)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", **compile_kw)
+    x, y = _data(x_like)
+    return lambda: model.train_on_batch(x, y)
+
+
 def kcompile_step(builder, jit: bool, weights):
     model = builder()
-    model.set_weights(weights)
-    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", jit_compile=jit)
-    x, y = _data(model)
-    return lambda: model.train_on_batch(x, y)
+    return _adam_step(model, weights, model, jit_compile=jit)
 
 
 def keras_step(builder, weights):
@@ -37,10 +42,7 @@ def keras_step(builder, weights):
         return None
     ours = builder()
     theirs = keras.Sequential.from_config(ours.get_config())  # kcompile writes Keras's config
-    theirs.set_weights(weights)
-    theirs.compile(optimizer="adam", loss="sparse_categorical_crossentropy", jit_compile=True)
-    x, y = _data(ours)
-    return lambda: theirs.train_on_batch(x, y)
+    return _adam_step(theirs, weights, ours, jit_compile=True)
 
 
 def torch_step(builder, weights):

@@ -88,6 +88,15 @@ def _last(v: Value) -> tuple[int]:
     return (v.type.rank - 1,)
 
 
+def _mean_last(e: Emitter, v: Value) -> Value:
+    """Per-sample values: the mean over the last axis where there is more than the batch axis."""
+    return e.mean(v, _last(v)) if v.type.rank > 1 else v
+
+
+def _error(e: Emitter, y_true: Value, y_pred: Value, elementwise) -> Value:
+    return e.mean(elementwise(e.sub(y_pred, _float(e, y_true))), _last(y_pred))
+
+
 class Accuracy(Metric):
     """How often predictions equal labels exactly (mean over the last axis)."""
 
@@ -95,8 +104,7 @@ class Accuracy(Metric):
     _direction = "up"
 
     def values(self, e, y_true, y_pred):
-        hit = e.compare(_float(e, y_true), y_pred, "eq")
-        return e.mean(hit, _last(hit)) if hit.type.rank > 1 else hit
+        return _mean_last(e, e.compare(_float(e, y_true), y_pred, "eq"))
 
 
 class BinaryAccuracy(Metric):
@@ -109,8 +117,7 @@ class BinaryAccuracy(Metric):
 
     def values(self, e, y_true, y_pred):
         yhat = e.compare(y_pred, self.threshold, "gt")
-        hit = e.compare(_float(e, y_true), yhat, "eq")
-        return e.mean(hit, _last(hit)) if hit.type.rank > 1 else hit
+        return _mean_last(e, e.compare(_float(e, y_true), yhat, "eq"))
 
     def get_config(self):
         return {**super().get_config(), "threshold": self.threshold}
@@ -142,7 +149,7 @@ class MeanSquaredError(Metric):
     _direction = "down"
 
     def values(self, e, y_true, y_pred):
-        return e.mean(e.square(e.sub(y_pred, _float(e, y_true))), _last(y_pred))
+        return _error(e, y_true, y_pred, e.square)
 
 
 class MeanAbsoluteError(Metric):
@@ -150,7 +157,7 @@ class MeanAbsoluteError(Metric):
     _direction = "down"
 
     def values(self, e, y_true, y_pred):
-        return e.mean(e.abs(e.sub(y_pred, _float(e, y_true))), _last(y_pred))
+        return _error(e, y_true, y_pred, e.abs)
 
 
 _CLASSES = (Accuracy, BinaryAccuracy, CategoricalAccuracy, SparseCategoricalAccuracy,

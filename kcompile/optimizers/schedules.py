@@ -35,20 +35,19 @@ def _f32(x: float) -> float:
     return float(np.float32(x))
 
 
-class ExponentialDecay(LearningRateSchedule):
-    """initial * decay_rate ** (step / decay_steps), the exponent floored with `staircase`."""
+class _StepDecay(LearningRateSchedule):
+    """Shared by the two decays of p = step / decay_steps (floored with `staircase`)."""
 
     def __init__(self, initial_learning_rate: float, decay_steps: float, decay_rate: float,
-                 staircase: bool = False, name: str = "ExponentialDecay") -> None:
+                 staircase: bool = False, name: str | None = None) -> None:
         _positive_steps(decay_steps)
         self.initial_learning_rate, self.decay_steps = initial_learning_rate, decay_steps
-        self.decay_rate, self.staircase, self.name = decay_rate, staircase, name
+        self.decay_rate, self.staircase = decay_rate, staircase
+        self.name = name or type(self).__name__
 
-    def __call__(self, step: int) -> float:
+    def _progress(self, step: int) -> np.float32:
         p = np.float32(step) / np.float32(self.decay_steps)
-        if self.staircase:
-            p = np.floor(p)
-        return _f32(np.float32(self.initial_learning_rate) * np.float32(self.decay_rate) ** p)
+        return np.floor(p) if self.staircase else p
 
     def get_config(self) -> dict[str, Any]:
         return {"initial_learning_rate": self.initial_learning_rate,
@@ -56,23 +55,20 @@ class ExponentialDecay(LearningRateSchedule):
                 "staircase": self.staircase, "name": self.name}
 
 
-class InverseTimeDecay(LearningRateSchedule):
-    """initial / (1 + decay_rate * step / decay_steps), floored with `staircase`."""
-
-    def __init__(self, initial_learning_rate: float, decay_steps: float, decay_rate: float,
-                 staircase: bool = False, name: str = "InverseTimeDecay") -> None:
-        _positive_steps(decay_steps)
-        self.initial_learning_rate, self.decay_steps = initial_learning_rate, decay_steps
-        self.decay_rate, self.staircase, self.name = decay_rate, staircase, name
+class ExponentialDecay(_StepDecay):
+    """initial * decay_rate ** p."""
 
     def __call__(self, step: int) -> float:
-        p = np.float32(step) / np.float32(self.decay_steps)
-        if self.staircase:
-            p = np.floor(p)
-        return _f32(np.float32(self.initial_learning_rate) /
-                    (np.float32(1) + np.float32(self.decay_rate) * p))
+        return _f32(np.float32(self.initial_learning_rate) *
+                    np.float32(self.decay_rate) ** self._progress(step))
 
-    get_config = ExponentialDecay.get_config
+
+class InverseTimeDecay(_StepDecay):
+    """initial / (1 + decay_rate * p)."""
+
+    def __call__(self, step: int) -> float:
+        return _f32(np.float32(self.initial_learning_rate) /
+                    (np.float32(1) + np.float32(self.decay_rate) * self._progress(step)))
 
 
 class PiecewiseConstantDecay(LearningRateSchedule):

@@ -24,6 +24,7 @@ import os
 from llvmlite import ir
 
 from kcompile.codegen.llvm.builder import I64, PTR, KernelBuilder, define
+from kcompile.codegen.llvm.kernels.backward import _tap_origin
 from kcompile.codegen.llvm.kernels.common import (
     KernelContext,
     apply_epilogue,
@@ -335,18 +336,10 @@ def _gather_micro(ctx: KernelContext, geom: tuple, vw: int, nvec: int, edge: boo
     ksplit = max(1, min(4, 8 // nvec))  # independent FMA chains: one pixel has only nvec
     sets = [[kb.var(kb.vec_type(), kb.vconst(0.0)) for _ in range(nvec)] for _ in range(ksplit)]
 
-    def origin(pos: ir.Value, k: int, pad: int, stride: int, dil: int, size: int):
-        num = b.sub(b.add(pos, kb.i64(pad)), kb.i64(k * dil))
-        o = b.sdiv(num, kb.i64(stride))
-        ok = b.and_(b.icmp_signed(">=", num, kb.i64(0)),
-                    b.and_(b.icmp_signed("==", b.srem(num, kb.i64(stride)), kb.i64(0)),
-                           b.icmp_signed("<", o, kb.i64(size))))
-        return o, ok
-
     for i in range(kh):
-        oy, ok_y = origin(y, i, pt, sh, dh, oh)
+        oy, ok_y = _tap_origin(kb, y, i, pt, sh, dh, oh)
         for j in range(kw):
-            ox, ok_x = origin(xx, j, pl, sw, dw, ow)
+            ox, ok_x = _tap_origin(kb, xx, j, pl, sw, dw, ow)
             with kb.if_then(b.and_(ok_y, ok_x)):
                 dbase = b.mul(b.add(b.mul(b.add(b.mul(img, kb.i64(oh)), oy), kb.i64(ow)), ox), kb.i64(co))
                 wtap = kb.i64((i * kw + j) * co * width)

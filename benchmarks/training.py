@@ -1,5 +1,6 @@
 """Training-step benchmarks: one forward + backward + Adam step at batch 128, kcompile compiled and
-eager against Keras 3/JAX `train_on_batch` (jit) and PyTorch eager, each with the same weights.
+eager against onnxruntime running kcompile's exported training step (`export(training=True)`),
+Keras 3/JAX `train_on_batch` (jit) and PyTorch eager, each with the same weights.
 
 Keras and PyTorch are optional here (anchors, not dependencies): a missing one is reported as
 "not installed" and its column left empty.
@@ -7,7 +8,9 @@ Keras and PyTorch are optional here (anchors, not dependencies): a missing one i
 
 from __future__ import annotations
 
+import tempfile
 import time
+from pathlib import Path
 
 import models
 import numpy as np
@@ -32,6 +35,25 @@ def _adam_step(model, weights, x_like, **compile_kw):
 def kcompile_step(builder, jit: bool, weights):
     model = builder()
     return _adam_step(model, weights, model, jit_compile=jit)
+
+
+def onnxruntime_step(builder, weights):
+    """The same model's training step exported to ONNX, run by onnxruntime (2 threads)."""
+    import onnxruntime as ort
+
+    from kcompile.onnx import TrainingSession
+
+    model = builder()
+    model.set_weights(weights)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "step.onnx"
+        model.export(path, training=True)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 2
+        ts = TrainingSession(path, sess_options=options)
+    x, y = _data(model)
+    return lambda: ts.train_on_batch(x, y)
 
 
 def keras_step(builder, weights):
@@ -101,7 +123,8 @@ def bench_training(interleaved, quick: bool) -> list[dict]:
     for builder in (models.mlp, models.convnet):
         kcompile.utils.set_random_seed(0)
         weights = builder().get_weights()
-        fns = {"compiled": kcompile_step(builder, True, weights)}
+        fns = {"compiled": kcompile_step(builder, True, weights),
+               "onnxruntime": onnxruntime_step(builder, weights)}
         for name, make in (("keras_jax", keras_step), ("pytorch", torch_step)):
             fn = make(builder, weights)
             if fn is not None:
@@ -124,9 +147,11 @@ def format_training(rows: list[dict]) -> str:
             return "not installed"
         return f"{r[k] * 1e3:.2f} ms ({r['compiled'] / r[k]:.2f}x)"
 
-    lines = ["| model (Adam step) | batch | compiled | eager | Keras 3/JAX jit | PyTorch eager |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = ["| model (Adam step) | batch | compiled | eager | onnxruntime (exported step) | "
+             "Keras 3/JAX jit | PyTorch eager |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['batch']} | **{r['compiled'] * 1e3:.2f} ms** | "
-                     f"{cell(r, 'eager')} | {cell(r, 'keras_jax')} | {cell(r, 'pytorch')} |")
+                     f"{cell(r, 'eager')} | {cell(r, 'onnxruntime')} | {cell(r, 'keras_jax')} | "
+                     f"{cell(r, 'pytorch')} |")
     return "\n".join(lines)

@@ -1,9 +1,10 @@
-"""`kcompile demo` and the digits data set."""
+"""`kcompile demo`, `kcompile export` and the digits data set."""
 
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from kcompile.cli import build_convnet, build_mlp, main
 from kcompile.datasets import digits
@@ -36,6 +37,8 @@ def test_demo_trains_the_convnet(capsys) -> None:
     assert "rows sum to 1: True" in out
     assert "= matmul(" in out  # the traced IR is printed
     assert out.count("kcompile.compare:") == 2
+    assert "same class for 100.0%" in out  # onnxruntime on the exported convnet
+    assert "ONNX training-step export: weights after 3 steps differ by at most" in out
 
 
 def test_bench_reports_cold_and_cached_compile(capsys, tmp_path, monkeypatch) -> None:
@@ -49,3 +52,60 @@ def test_console_script_entry_point() -> None:
     result = subprocess.run([sys.executable, "-m", "kcompile.cli", "--help"], capture_output=True,
                             text=True)
     assert result.returncode == 0 and "demo" in result.stdout
+
+
+MODEL_FILE = """
+import kcompile as keras
+from kcompile import layers
+
+
+def make():
+    model = keras.Sequential([keras.Input((4,), name="x"), layers.Dense(3, activation="softmax")],
+                             name="tiny")
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    return model
+
+
+def not_a_model():
+    return 42
+"""
+
+
+def test_export_command(tmp_path, capsys) -> None:
+    import onnx
+
+    from kcompile.onnx import TrainingSession
+
+    src = tmp_path / "models_for_cli.py"
+    src.write_text(MODEL_FILE)
+    out = tmp_path / "tiny.onnx"
+    assert main(["export", f"{src}:make", "-o", str(out)]) == 0
+    assert "tiny inference graph" in capsys.readouterr().out
+    assert [i.name for i in onnx.load(str(out)).graph.input] == ["x"]
+    assert main(["export", f"{src}:make", "-o", str(out), "--training", "--opset", "18"]) == 0
+    assert "tiny training step, opset 18" in capsys.readouterr().out
+    ts = TrainingSession(out)
+    assert isinstance(ts.train_on_batch(np.ones((2, 4), "float32"), np.array([0, 2])), float)
+
+
+@pytest.mark.parametrize(("ref", "message"), [
+    ("nocolon", "expected 'module:function'"),
+    ("m.keras", "reading .keras files is not supported yet"),
+    ("missing_file.py:make", "no such file missing_file.py"),
+    ("no_such_module_xyz:make", "cannot import module 'no_such_module_xyz'"),
+    ("{src}:absent", "has no function 'absent'"),
+    ("{src}:not_a_model", "not_a_model() returned int, not a kcompile Model"),
+])
+def test_export_command_bad_model(tmp_path, capsys, ref, message) -> None:
+    src = tmp_path / "models_for_cli.py"
+    src.write_text(MODEL_FILE)
+    assert main(["export", ref.format(src=src), "-o", str(tmp_path / "o.onnx")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_export_command_bad_opset(tmp_path, capsys) -> None:
+    src = tmp_path / "models_for_cli.py"
+    src.write_text(MODEL_FILE)
+    assert main(["export", f"{src}:make", "-o", str(tmp_path / "o.onnx"), "--opset", "9"]) == 2
+    assert "supported opsets are 17 to" in capsys.readouterr().err

@@ -312,16 +312,30 @@ class Model(Layer):
         return self._run(x, training=False)
 
     def export(self, filepath: Any, format: str = "onnx", verbose: Any = None,
-               input_signature: Any = None, opset_version: int | None = None) -> None:
-        """Keras 3's `export`: writes the inference graph as ONNX (the one format supported) with a
-        dynamic batch dim, the weights as initializers and default-domain ops only. `opset_version`
-        defaults to the newest tested opset (see `kcompile.codegen.onnx.SUPPORTED_OPSETS`)."""
+               input_signature: Any = None, opset_version: int | None = None,
+               training: bool = False) -> None:
+        """Keras 3's `export`: writes the model as ONNX (the one format supported) with a dynamic
+        batch dim and default-domain ops only. `opset_version` defaults to the newest tested opset
+        (see `kcompile.codegen.onnx.SUPPORTED_OPSETS`).
+
+        training=False: the inference graph, weights as initializers. training=True (a compiled
+        model): the whole training step -- forward, backward and optimizer update -- with the
+        weights, optimizer slots and step counter as inputs and `<name>.new` outputs; see
+        `kcompile.codegen.onnx.training` for the interface and `kcompile.onnx.TrainingSession` to
+        drive it with onnxruntime."""
         if format != "onnx":
             raise ValueError(f"export: unrecognized format={format!r}; kcompile supports "
                              "format='onnx'")
-        from kcompile.codegen.onnx.exporter import export_model
+        if training:
+            from kcompile.codegen.onnx.training import export_training
 
-        export_model(self, filepath, opset_version=opset_version, input_signature=input_signature)
+            export_training(self, filepath, opset_version=opset_version,
+                            input_signature=input_signature)
+        else:
+            from kcompile.codegen.onnx.exporter import export_model
+
+            export_model(self, filepath, opset_version=opset_version,
+                         input_signature=input_signature)
         if verbose:
             print(f"Saved artifact at '{filepath}'.")
 

@@ -14,7 +14,7 @@ from onnx_testing import export_and_compare, feeds_for, op_types, predict_flat, 
 
 import kcompile as keras
 from kcompile import layers
-from kcompile.codegen.onnx import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, SUPPORTED_OPSETS, graph_to_onnx
+from kcompile.codegen.onnx import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, SUPPORTED_OPSETS
 from kcompile.ir.opdef import get_op
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
@@ -157,13 +157,3 @@ def test_op_without_rule_names_op_and_layer(tmp_path, monkeypatch):
     with pytest.raises(NotImplementedError, match=r"op 'relu' \(layer 'seq/hidden'\) has no ONNX rule"):
         model.export(tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()
-
-
-def test_training_graph_with_dropout_is_not_exportable_yet():
-    """The training-time graph holds a dropout node: no rule yet, named with its layer."""
-    model = keras.Sequential([keras.Input((3,)), layers.Dense(4), layers.Dropout(0.5, name="drop")],
-                             name="seq")
-    lowered = model._lowered_for(*model.input_signature(), True)
-    assert any(n.op == "dropout" for n in lowered.graph.nodes)
-    with pytest.raises(NotImplementedError, match=r"op 'dropout' \(layer 'seq/drop'\)"):
-        graph_to_onnx(lowered.graph, weights=[v.value for v in lowered.variables])

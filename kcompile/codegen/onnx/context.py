@@ -53,6 +53,7 @@ class EmitContext:
         self._defined: set[str] = set()
         self._consts: dict[tuple, str] = {}
         self._nchw: dict[str, str] = {}
+        self._permuted: dict[tuple[str, tuple[int, ...]], str] = {}
         self._node_count = 0
 
     # -- names and types -----------------------------------------------------------------------
@@ -155,6 +156,15 @@ class EmitContext:
                   hint: str | None = None) -> str:
         outs: int | list[str] = [out] if out else [self.fresh(hint)] if hint else 1
         return self.node("Transpose", [x], outs, perm=list(perm))
+
+    def permuted(self, x: str, perm: Sequence[int], hint: str | None = None) -> str:
+        """`x` transposed by `perm`, written once however many rules ask (a conv kernel in OIHW for
+        the forward conv and for its input gradient)."""
+        key = (x, tuple(perm))
+        name = self._permuted.get(key)
+        if name is None:
+            name = self._permuted[key] = self.transpose(x, perm, hint=hint)
+        return name
 
     def cast(self, x: str, dtype: Any, out: str | None = None) -> str:
         to = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))

@@ -14,6 +14,7 @@ Dropout is already the identity and BatchNorm uses its moving statistics) and wr
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -325,9 +326,22 @@ def export_model(model: Any, filepath: Any, opset_version: int | None = None,
     proto = graph_to_onnx(graph, weights=weights, opset_version=opset,
                           output_names=[f"output_{k}" for k in range(len(graph.outputs))],
                           name=model.name)
-    onnx.save(proto, str(filepath))
+    save(proto, filepath)
     return proto
 
 
+def save(proto: onnx.ModelProto, filepath: Any) -> None:
+    """Write to a temporary file beside `filepath`, then rename: a failed write leaves no partial
+    file and an existing file untouched."""
+    path = os.fspath(filepath)
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        onnx.save(proto, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 __all__ = ["BATCH_DIM", "DEFAULT_OPSET", "MAX_OPSET", "MIN_OPSET", "SUPPORTED_OPSETS", "emit_node",
-           "export_model", "graph_to_onnx", "lower_for_inference", "resolve_opset"]
+           "export_model", "graph_to_onnx", "save", "lower_for_inference", "resolve_opset"]

@@ -102,7 +102,7 @@ def _conv2d_onnx(ctx, inputs, outputs, strides, padding, dilation):
     when the next ops stay in NCHW (a run of convs transposes once at each end)."""
     x, w = inputs
     kh, kw = ctx.type(w).shape[:2]
-    kernel = ctx.transpose(w, (3, 2, 0, 1), hint=f"{w}_oihw")
+    kernel = ctx.permuted(w, (3, 2, 0, 1), hint=f"{w}_oihw")
     y = ctx.node("Conv", [ctx.to_nchw(x), kernel], kernel_shape=[kh, kw], strides=list(strides),
                  dilations=list(dilation),
                  pads=onnx_pads(ctx.type(x).shape[1:3], (kh, kw), strides, dilation, padding))
@@ -154,8 +154,34 @@ def _input_grad_ref(dy: np.ndarray, w: np.ndarray, input_hw: tuple, strides: tup
     return dxp[:, pt:pt + input_hw[0], pl:pl + input_hw[1], :].astype(dy.dtype)
 
 
+def transposed_conv_output_padding(hw: tuple[int, int], window: tuple[int, int],
+                                   strides: tuple[int, int], dilation: tuple[int, int],
+                                   pads: list[int], out_hw: tuple[int, int]) -> list[int]:
+    """ConvTranspose's `output_padding` that makes the adjoint of a forward conv/pool exactly `hw`
+    again: the rows/cols of the padded input that no forward window reached (always < stride)."""
+    return [hw[i] + pads[i] + pads[i + 2] - ((out_hw[i] - 1) * strides[i]
+                                             + (window[i] - 1) * dilation[i] + 1) for i in range(2)]
+
+
+def _input_grad_onnx(ctx, inputs, outputs, input_hw, strides, padding, dilation):
+    """ConvTranspose (NCHW) with the forward conv's OIHW kernel, strides, dilations and pads: the
+    adjoint of Conv. `output_padding` restores the input rows/cols the forward windows left out, so
+    the result is exactly `input_hw` (`output_shape` is avoided: it would recompute the pads)."""
+    dy, w = inputs
+    kh, kw = ctx.type(w).shape[:2]
+    pads = onnx_pads(input_hw, (kh, kw), strides, dilation, padding)
+    kernel = ctx.permuted(w, (3, 2, 0, 1), hint=f"{w}_oihw")  # (Co, Ci, kh, kw)
+    extra = transposed_conv_output_padding(input_hw, (kh, kw), strides, dilation, pads,
+                                           ctx.type(dy).shape[1:3])
+    dx = ctx.node("ConvTranspose", [ctx.to_nchw(dy), kernel], kernel_shape=[kh, kw],
+                  strides=list(strides), dilations=list(dilation), pads=pads,
+                  output_padding=extra if any(extra) else None)
+    ctx.from_nchw(dx, outputs[0])
+
+
 defop("conv2d_input_grad", attrs={"input_hw": Attr(tuple, check=is_pair), **_CONV_ATTRS},
-      infer=_input_grad_infer, ref=_input_grad_ref, vjp=_no_vjp("conv2d_input_grad"), num_inputs=2,
+      infer=_input_grad_infer, ref=_input_grad_ref, vjp=_no_vjp("conv2d_input_grad"),
+      onnx=_input_grad_onnx, num_inputs=2,
       doc="Gradient of conv2d w.r.t. its input: scatter dy through the kernel (a transposed conv).")
 
 
@@ -179,7 +205,35 @@ def _filter_grad_ref(x: np.ndarray, dy: np.ndarray, kernel_hw: tuple, strides: t
     return np.ascontiguousarray(np.transpose(dw, (1, 2, 0, 3))).astype(x.dtype)
 
 
+def _filter_grad_onnx(ctx, inputs, outputs, kernel_hw, strides, padding, dilation):
+    """dW[i, j] = xpad[:, i*d : ... : s, j*d : ... : s, :]^T dy over batch and pixels: per kernel
+    position, a strided Slice of the (zero-padded) NHWC input flattened to (N*OH*OW, Ci) and one
+    Gemm(transA) with dy as (N*OH*OW, Co); the (Ci, Co) blocks are concatenated in HWIO order.
+    In onnxruntime this costs about one forward conv -- 1.5 to 3.5 times less than a single Conv
+    with the batch as channels (x as (Ci, N, H, W), dy as the kernel), whose im2col GEMM is only
+    kh*kw wide. Rows/cols that no forward window reached are simply never sliced."""
+    x, dy = inputs
+    h, wd, ci = ctx.type(x).shape[1:4]
+    oh, ow, co = ctx.type(dy).shape[1:4]
+    (pt, pb), (pl, pr) = spatial_pads((h, wd), kernel_hw, strides, dilation, padding)
+    if pt or pb or pl or pr:
+        x = ctx.node("Pad", [x, ctx.ints([0, pt, pl, 0, 0, pb, pr, 0])])
+    dy_flat = ctx.node("Reshape", [dy, ctx.ints([-1, co])])
+    axes, steps = ctx.ints([1, 2]), ctx.ints(strides)
+    blocks = []
+    for i in range(kernel_hw[0]):
+        for j in range(kernel_hw[1]):
+            r, c = i * dilation[0], j * dilation[1]
+            stop = [r + (oh - 1) * strides[0] + 1, c + (ow - 1) * strides[1] + 1]
+            window = ctx.node("Slice", [x, ctx.ints([r, c]), ctx.ints(stop), axes, steps])
+            blocks.append(ctx.node("Gemm", [ctx.node("Reshape", [window, ctx.ints([-1, ci])]),
+                                            dy_flat], transA=1))
+    dw = ctx.node("Concat", blocks, axis=0) if len(blocks) > 1 else blocks[0]
+    ctx.node("Reshape", [dw, ctx.ints([*kernel_hw, ci, co])], outputs)
+
+
 defop("conv2d_filter_grad", attrs={"kernel_hw": Attr(tuple, check=is_pair), **_CONV_ATTRS},
       infer=_filter_grad_infer, ref=_filter_grad_ref, vjp=_no_vjp("conv2d_filter_grad"),
-      num_inputs=2, doc="Gradient of conv2d w.r.t. its kernel: sum over batch and pixels of "
-                        "input windows times dy.")
+      onnx=_filter_grad_onnx, num_inputs=2,
+      doc="Gradient of conv2d w.r.t. its kernel: sum over batch and pixels of input windows times "
+          "dy.")

@@ -320,8 +320,38 @@ def _no_second_order(name: str):
     return vjp
 
 
+def _gelu_grad_onnx(ctx, inputs, outputs, approximate):
+    """The derivative in plain ops (the default domain has no Gelu gradient). Exact:
+    Phi(x) + x phi(x). Tanh form, with 0.5 (1 + tanh(z)) = sigmoid(2 z) = s and 1 - tanh(z)^2 =
+    4 s (1 - s): s + s (1 - s) x (2c + 6ac x^2), z = c (x + a x^3). The textbook 0.5 (1 + t) + ...
+    loses every digit of 1 + t in float32 where t is near -1 (x < -4), and onnxruntime's Sigmoid is
+    only accurate to ~1e-7 absolute, so s = 1 / (1 + exp(-2z)), accurate relative to its size."""
+
+    def emit(ins, out):
+        (x,) = ins
+        sq = ctx.node("Mul", [x, x])
+
+        def affine(v: str, scale: float, offset: float) -> str:  # scale v + offset
+            return ctx.node("Add", [ctx.node("Mul", [v, ctx.scalar(scale, x)]), ctx.scalar(offset, x)])
+
+        if approximate:
+            c, a = math.sqrt(2 / math.pi), 0.044715
+            neg_2z = ctx.node("Mul", [x, affine(sq, -2 * c * a, -2 * c)])
+            s = ctx.node("Reciprocal", [ctx.node("Add", [ctx.node("Exp", [neg_2z]), ctx.scalar(1.0, x)])])
+            ds = ctx.node("Mul", [s, ctx.node("Sub", [ctx.scalar(1.0, x), s])])
+            slope = ctx.node("Mul", [x, affine(sq, 6 * a * c, 2 * c)])
+            ctx.node("Add", [s, ctx.node("Mul", [ds, slope])], [out])
+            return
+        cdf = affine(ctx.node("Erf", [ctx.node("Mul", [x, ctx.scalar(1 / math.sqrt(2), x)])]), 0.5, 0.5)
+        pdf = ctx.node("Exp", [ctx.node("Mul", [sq, ctx.scalar(-0.5, x)])])
+        x_pdf = ctx.node("Mul", [x, ctx.node("Mul", [pdf, ctx.scalar(1 / math.sqrt(2 * math.pi), x)])])
+        ctx.node("Add", [cdf, x_pdf], [out])
+
+    ctx.pointwise(emit, inputs, outputs[0])
+
+
 defop("gelu_grad", attrs={"approximate": Attr(bool, False)}, infer=_float_unary_infer("gelu_grad"),
-      ref=_gelu_grad, vjp=_no_second_order("gelu_grad"), num_inputs=1,
+      ref=_gelu_grad, vjp=_no_second_order("gelu_grad"), onnx=_gelu_grad_onnx, num_inputs=1,
       doc="The derivative of gelu, for its vjp.", tags=("elementwise", "unary"))
 
 

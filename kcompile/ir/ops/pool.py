@@ -7,7 +7,14 @@ import numpy as np
 from kcompile.ir.core import TensorType, format_shape
 from kcompile.ir.opdef import Attr, defop
 from kcompile.ir.ops._util import is_pair, require_float, require_rank
-from kcompile.ir.ops.conv import PADDINGS, onnx_pads, output_size, spatial_pads, windows
+from kcompile.ir.ops.conv import (
+    PADDINGS,
+    onnx_pads,
+    output_size,
+    spatial_pads,
+    transposed_conv_output_padding,
+    windows,
+)
 
 
 def _pool_infer(name: str):
@@ -115,8 +122,27 @@ def _second_order(name: str):
     return vjp
 
 
+def _max_pool_grad_onnx(ctx, inputs, outputs, pool_size, strides, padding):
+    """MaxPool's second output is, per window, the flat NCHW index (batch and channel offsets
+    included, in the unpadded input) of its first maximum in row-major order -- onnxruntime scans
+    with a strict `>`, as the ref's argmax; ScatterElements(reduction="add") sums dy there onto zeros
+    of x's flat size (overlapping windows may pick the same element)."""
+    x, dy = inputs
+    x_nchw = ctx.to_nchw(x)
+    _, idx = ctx.node("MaxPool", [x_nchw], 2, kernel_shape=list(pool_size), strides=list(strides),
+                      pads=onnx_pads(ctx.type(x).shape[1:3], pool_size, strides, (1, 1), padding))
+    flat = ctx.ints([-1])
+    zeros = ctx.node("Expand", [ctx.scalar(0.0, x), ctx.node("Shape", [ctx.node("Reshape",
+                                                                                 [x_nchw, flat])])])
+    dx = ctx.node("ScatterElements", [zeros, ctx.node("Reshape", [idx, flat]),
+                                      ctx.node("Reshape", [ctx.to_nchw(dy), flat])],
+                  axis=0, reduction="add")
+    ctx.from_nchw(ctx.node("Reshape", [dx, ctx.node("Shape", [x_nchw])]), outputs[0])
+
+
 defop("max_pool2d_grad", attrs=_POOL_ATTRS, infer=_pool_grad_infer("max_pool2d_grad"),
-      ref=_max_pool_grad_ref, vjp=_second_order("max_pool2d_grad"), num_inputs=2,
+      ref=_max_pool_grad_ref, vjp=_second_order("max_pool2d_grad"), onnx=_max_pool_grad_onnx,
+      num_inputs=2,
       doc="Gradient of max_pool2d: dy routed to each window's first maximum.")
 
 
@@ -144,7 +170,28 @@ def _avg_pool_grad_ref(dy: np.ndarray, input_hw: tuple, pool_size: tuple, stride
     return dxp[:, pt:pt + input_hw[0], pl:pl + input_hw[1], :].astype(dy.dtype)
 
 
+def _avg_pool_grad_onnx(ctx, inputs, outputs, input_hw, pool_size, strides, padding):
+    """dy divided by each window's in-bounds count (static: computed here as a constant), then
+    spread over the window by a depthwise ConvTranspose with a ones kernel (C, 1, ph, pw); the pads
+    and `output_padding` of conv2d_input_grad make the result exactly `input_hw`."""
+    (dy,) = inputs
+    t = ctx.type(dy)
+    c, out_hw = t.shape[3], t.shape[1:3]
+    pads = onnx_pads(input_hw, pool_size, strides, (1, 1), padding)
+    ones = np.ones((1, *input_hw, 1))
+    count = windows(ones, pool_size, strides, (1, 1), spatial_pads(input_hw, pool_size, strides,
+                                                                   (1, 1), padding))
+    count = count.sum(axis=(4, 5)).reshape(1, 1, *out_hw)  # (1, 1, OH, OW): NCHW broadcast
+    share = ctx.node("Div", [ctx.to_nchw(dy), ctx.const(count, t.dtype, hint="pool_count")])
+    extra = transposed_conv_output_padding(input_hw, pool_size, strides, (1, 1), pads, out_hw)
+    dx = ctx.node("ConvTranspose", [share, ctx.const(np.ones((c, 1, *pool_size)), t.dtype,
+                                                     hint="pool_ones")],
+                  kernel_shape=list(pool_size), strides=list(strides), pads=pads, group=c,
+                  output_padding=extra if any(extra) else None)
+    ctx.from_nchw(dx, outputs[0])
+
+
 defop("avg_pool2d_grad", attrs={"input_hw": Attr(tuple, check=is_pair), **_POOL_ATTRS},
       infer=_avg_pool_grad_infer, ref=_avg_pool_grad_ref, vjp=_second_order("avg_pool2d_grad"),
-      num_inputs=1, doc="Gradient of avg_pool2d: each output's gradient shared by its in-bounds "
-                        "window elements.")
+      onnx=_avg_pool_grad_onnx, num_inputs=1,
+      doc="Gradient of avg_pool2d: each output's gradient shared by its in-bounds window elements.")

@@ -64,10 +64,64 @@ def _dropout_ref(x: np.ndarray, key: np.ndarray, rate: float, salt: int) -> np.n
     return np.where(keep, x * scale, np.zeros((), x.dtype)).astype(x.dtype, copy=False)
 
 
+def _hash32_onnx(ctx, x: str) -> str:
+    """`hash32` on a uint32 tensor in ONNX ops: Mul wraps modulo 2^32 as NumPy's does."""
+
+    def xorshift(v: str, k: int) -> str:
+        shifted = ctx.node("BitShift", [v, ctx.const(np.uint32(k), hint="u32")], direction="RIGHT")
+        return ctx.node("BitwiseXor", [v, shifted])
+
+    x = ctx.node("Mul", [xorshift(x, 16), ctx.const(_M1, hint="hash_m1")])
+    x = ctx.node("Mul", [xorshift(x, 15), ctx.const(_M2, hint="hash_m2")])
+    return xorshift(x, 16)
+
+
+def _dropout_onnx(ctx, inputs, outputs, rate, salt):
+    """The ref's mask, bit for bit: the stream from the key (a few scalar ops), then hash32 of each
+    element's flat row-major index in the IR's layout xor the stream. `u >= rate` is tested as
+    `bits >> 8 >= float32(rate) * 2^24` (both sides exact in float32, so the same comparison). On an
+    NCHW twin the index tensor is built in NHWC order and transposed, so the twin is masked like the
+    NHWC tensor and the result stays NCHW for the next conv."""
+    if ctx.opset < 18:
+        raise NotImplementedError(f"dropout needs opset >= 18 (BitwiseXor) for its random mask; "
+                                  f"export with opset_version >= 18 (got {ctx.opset})")
+    x, key = inputs
+
+    def u32(value: int) -> str:
+        return ctx.const(np.uint32(value), hint="u32")
+
+    def gather(name: str, index: int) -> str:
+        return ctx.node("Gather", [name, ctx.const(np.int64(index), hint="index")], axis=0)
+
+    hashed_seed = ctx.node("BitwiseXor", [_hash32_onnx(ctx, gather(key, 0)), u32(salt)])
+    step = ctx.node("Mul", [gather(key, 1), ctx.const(_GOLDEN, hint="golden")])
+    stream = _hash32_onnx(ctx, ctx.node("Add", [_hash32_onnx(ctx, hashed_seed), step]))
+
+    twin = ctx.nchw(x) if ctx.type(x).rank == 4 else None
+    src = twin or x
+    count = ctx.node("Size", [src])
+    idx = ctx.cast(ctx.node("Range", [ctx.const(np.int64(0), hint="zero"), count,
+                                      ctx.const(np.int64(1), hint="one")]), np.uint32)
+    if twin is not None:
+        nhwc_shape = ctx.node("Gather", [ctx.node("Shape", [twin]), ctx.ints(ctx.TO_NHWC)], axis=0)
+        idx = ctx.transpose(ctx.node("Reshape", [idx, nhwc_shape]), ctx.TO_NCHW)
+    else:
+        idx = ctx.node("Reshape", [idx, ctx.node("Shape", [x])])
+    bits = _hash32_onnx(ctx, ctx.node("BitwiseXor", [idx, stream]))
+    top24 = ctx.cast(ctx.node("BitShift", [bits, u32(8)], direction="RIGHT"), np.float32)
+    threshold = ctx.const(np.float32(rate) * np.float32(2.0**24), hint="keep_threshold")
+    keep = ctx.node("GreaterOrEqual", [top24, threshold])
+    scaled = ctx.node("Mul", [src, ctx.scalar(1.0 / (1.0 - rate), x)])
+    if twin is None:
+        ctx.node("Where", [keep, scaled, ctx.scalar(0.0, x)], outputs)
+    else:
+        ctx.from_nchw(ctx.node("Where", [keep, scaled, ctx.scalar(0.0, x)]), outputs[0])
+
+
 defop("dropout",
       attrs={"rate": Attr(float, check=lambda r: 0.0 <= r < 1.0, help="0 <= rate < 1"),
              "salt": Attr(int, 0, lambda s: 0 <= s < 2**32, help="uint32")},
-      infer=_dropout_infer, ref=_dropout_ref, num_inputs=2,
+      infer=_dropout_infer, ref=_dropout_ref, onnx=_dropout_onnx, num_inputs=2,
       vjp=lambda e, inputs, out, g, rate, salt: [e.op("dropout", g, inputs[1], rate=rate, salt=salt),
                                                  None],
       doc="Training-time dropout: zero where uniform(key, salt, i) < rate, scale the rest by "

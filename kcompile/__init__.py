@@ -14,6 +14,7 @@ from kcompile import (
     metrics,
     ops,
     optimizers,
+    saving,
     utils,
 )
 from kcompile.compare import CompareReport, compare
@@ -38,5 +39,5 @@ __all__ = [
     "CompareReport", "Functional", "Input", "InputSpec", "KerasTensor", "Layer", "Model", "Sequential",
     "Variable",
     "__version__", "activations", "callbacks", "compare", "datasets", "initializers", "layers",
-    "losses", "metrics", "onnx", "ops", "optimizers", "utils",
+    "losses", "metrics", "onnx", "ops", "optimizers", "saving", "utils",
 ]

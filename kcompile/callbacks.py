@@ -205,7 +205,7 @@ class EarlyStopping(MonitorCallback):
         return value
 
 
-_CHECKPOINT_SUFFIX = ".weights.npz"
+_NPZ_SUFFIX = ".weights.npz"
 
 
 class ModelCheckpoint(MonitorCallback):
@@ -213,9 +213,10 @@ class ModelCheckpoint(MonitorCallback):
     monitored quantity improves.
 
     `filepath` is a format string: `{epoch}` is 1-based, other fields come from the logs (and
-    `{batch}`, 1-based, with an integer `save_freq`). Until full-model saving lands, the only format
-    is `.weights.npz` (written atomically by `model.save_weights`), whatever `save_weights_only`
-    says; other suffixes are refused up front rather than failing after an epoch of training.
+    `{batch}`, 1-based, with an integer `save_freq`). As in Keras, the whole model goes to a `.keras`
+    file, or with `save_weights_only` the weights to `.weights.h5`; kcompile's `.weights.npz` works
+    either way. Other suffixes are refused up front rather than failing after an epoch of training.
+    Every file is written atomically.
     """
 
     def __init__(self, filepath: str | os.PathLike, monitor: str = "val_loss", verbose: int = 0,
@@ -234,11 +235,15 @@ class ModelCheckpoint(MonitorCallback):
                                      or save_freq < 1):
             raise ValueError(f"Unrecognized save_freq: {save_freq!r}. Expected save_freq are 'epoch' "
                              "or a positive integer number of batches")
-        if not self.filepath.endswith(_CHECKPOINT_SUFFIX):
-            raise ValueError(
-                f"ModelCheckpoint: for now the checkpoint filepath must end in `{_CHECKPOINT_SUFFIX}` "
-                "(weights saved by `model.save_weights`); the `.keras` and `.weights.h5` formats "
-                f"come with the saving issue. Received: filepath={self.filepath}")
+        if self.filepath.endswith(_NPZ_SUFFIX):
+            pass  # kcompile's NumPy weights file, whatever save_weights_only says
+        elif save_weights_only and not self.filepath.endswith(".weights.h5"):
+            raise ValueError("When using `save_weights_only=True` in `ModelCheckpoint`, the filepath "
+                             "provided must end in `.weights.h5` (Keras weights format) or "
+                             f"`{_NPZ_SUFFIX}`. Received: filepath={self.filepath}")
+        elif not save_weights_only and not self.filepath.endswith(".keras"):
+            raise ValueError("The filepath provided must end in `.keras` (Keras model format) or, "
+                             f"for weights only, `{_NPZ_SUFFIX}`. Received: filepath={self.filepath}")
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self._current_epoch = epoch
@@ -301,7 +306,10 @@ class ModelCheckpoint(MonitorCallback):
         if os.path.isdir(filepath):
             raise OSError("Please specify a non-directory filepath for ModelCheckpoint. Filepath "
                           f"used is an existing directory: {filepath}")
-        self.model.save_weights(filepath, overwrite=True)
+        if filepath.endswith(".keras"):
+            self.model.save(filepath, overwrite=True)
+        else:
+            self.model.save_weights(filepath, overwrite=True)
         if self.verbose > 0:
             _print(f"\nEpoch {epoch + 1}: finished saving model to {filepath}")
 

@@ -1,5 +1,5 @@
-"""`.weights.npz`: the model's weights in `get_weights()` order, until the Keras `.weights.h5`
-layout lands with the saving issue. Written to a temporary file and renamed, so a failed save never
+"""`.weights.npz`: the model's weights in `get_weights()` order, a NumPy-only alternative to
+Keras's `.weights.h5` (kcompile.saving). Written to a temporary file and renamed, so a failed save never
 leaves a corrupt file at the destination."""
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ SUFFIX = ".weights.npz"
 def _check_path(path: str, what: str) -> str:
     path = os.fspath(path)
     if not path.endswith(SUFFIX):
-        raise ValueError(f"{what}: the filename must end in `{SUFFIX}` (the `.weights.h5` and "
-                         f"`.keras` formats come with the saving issue), got {path!r}")
+        raise ValueError(f"{what}: the filename must end in `.weights.h5` (Keras's format) or "
+                         f"`{SUFFIX}`, got {path!r}")
     return path
 
 

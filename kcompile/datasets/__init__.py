@@ -1,5 +1,6 @@
-"""Small data sets for demos and tests."""
+"""Data sets with Keras's `load_data()` form: MNIST (downloaded and cached) and the 8x8 digits
+bundled with scikit-learn."""
 
-from kcompile.datasets import digits
+from kcompile.datasets import digits, mnist
 
-__all__ = ["digits"]
+__all__ = ["digits", "mnist"]

@@ -297,13 +297,33 @@ class Model(Layer):
             self._compiled_metrics = [*self._plain_metrics, *self._weighted_metrics]
         return self._plain_metrics, self._weighted_metrics
 
-    def save_weights(self, filepath: str, overwrite: bool = True) -> None:
-        """Weights in `get_weights()` order to a `.weights.npz` file (atomic replace)."""
+    def save(self, filepath: Any, overwrite: bool = True, zipped: bool | None = None,
+             **kwargs: Any) -> None:
+        """A Keras 3 `.keras` archive (config, weights, optimizer state) that real Keras loads."""
+        from kcompile.saving import save_model
+
+        save_model(self, filepath, overwrite=overwrite, zipped=zipped, **kwargs)
+
+    def save_weights(self, filepath: Any, overwrite: bool = True) -> None:
+        """`.weights.h5` in Keras's layout (with the optimizer's variables, as Keras), or
+        kcompile's `.weights.npz` (weights in `get_weights()` order); written atomically."""
+        if str(filepath).endswith(".weights.h5"):
+            from kcompile.saving import save_weights
+
+            save_weights(self, filepath, overwrite)
+            return
         from kcompile import weights_file
 
         weights_file.save(self, filepath, overwrite)
 
-    def load_weights(self, filepath: str) -> None:
+    def load_weights(self, filepath: Any, skip_mismatch: bool = False) -> None:
+        if skip_mismatch:
+            raise ValueError("load_weights: skip_mismatch=True is not supported")
+        if str(filepath).endswith(".weights.h5"):
+            from kcompile.saving import load_weights
+
+            load_weights(self, filepath)
+            return
         from kcompile import weights_file
 
         weights_file.load(self, filepath)

@@ -218,11 +218,15 @@ def test_checkpoint_best_only_without_monitor_warns_and_saves_like_keras(tmp_pat
     assert mine == theirs == ["e1.weights.npz", "e2.weights.npz"]
 
 
-@pytest.mark.parametrize("path", ["m.keras", "m.weights.h5", "m.h5", "ckpt"])
+@pytest.mark.parametrize("path", ["m.weights.h5", "m.h5", "ckpt"])
 def test_checkpoint_rejects_other_formats(path):
-    with pytest.raises(ValueError, match=r"must end in `\.weights\.npz`"):
+    with pytest.raises(ValueError, match=r"must end in `\.keras`"):
         kc.ModelCheckpoint(path)
-    with pytest.raises(ValueError, match=r"\.weights\.npz"):
+
+
+@pytest.mark.parametrize("path", ["m.keras", "m.h5", "ckpt"])
+def test_checkpoint_weights_only_rejects_other_formats(path):
+    with pytest.raises(ValueError, match=r"must end in `\.weights\.h5`"):
         kc.ModelCheckpoint(path, save_weights_only=True)
 
 

@@ -1,10 +1,9 @@
-"""The `kcompile` command line: `kcompile demo`, `kcompile bench`, `kcompile export`."""
+"""The `kcompile` command line: demo, summary, bench, compare and export (commands on models are in
+`cli_commands`)."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import sys
 import tempfile
 import time
@@ -130,26 +129,6 @@ def onnx_check(model, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarr
             raise SystemExit("onnxruntime training disagrees with the compiled model")
 
 
-def bench(model_name: str, batch: int, repeats: int) -> int:
-    """Cold and cached compile time, compiled vs eager time, for a built-in benchmark model."""
-    import kcompile as keras
-    from kcompile.codegen.llvm.compiler import compile_graph
-    from kcompile.codegen.llvm.jit import temporary_cache_dir
-
-    builders = {"mlp": lambda: _bench_mlp(), "convnet": lambda: _bench_convnet(),
-                "digits-convnet": build_convnet, "seed-mlp": build_mlp}
-    model = builders[model_name]()
-    x = np.random.default_rng(0).random((batch, *model.inputs[0].shape[1:]), dtype=np.float32)
-    graph = model._lowered_for(*model.input_signature(x), False).graph
-    with temporary_cache_dir():
-        cold = compile_graph(graph).stats
-        cached = compile_graph(graph).stats
-    print(f"{model.name}: compile {cold.seconds * 1e3:.0f} ms cold (LLVM {cold.llvm_seconds * 1e3:.0f} "
-          f"ms), {cached.seconds * 1e3:.1f} ms from the on-disk cache")
-    keras.compare(model, x, repeats=repeats)
-    return 0
-
-
 def _bench_mlp():
     import kcompile as keras
     from kcompile import layers
@@ -171,73 +150,49 @@ def _bench_convnet():
     ], name="mnist_convnet")
 
 
-def load_model_ref(ref: str):
-    """A model from `module:function` (the function is called with no arguments; `module` may be
-    a dotted name importable from the current directory or a path to a .py file)."""
-    from kcompile.models.model import Model
-
-    if ":" not in ref:
-        if ref.endswith(".keras"):
-            raise ValueError(f"{ref}: reading .keras files is not supported yet; pass a Python "
-                             "'module:function' that returns the model")
-        raise ValueError(f"{ref!r}: expected 'module:function' (a function returning a model)")
-    module_name, func_name = ref.rsplit(":", 1)
-    if module_name.endswith(".py"):
-        path = Path(module_name)
-        if not path.is_file():
-            raise ValueError(f"{ref}: no such file {module_name}")
-        spec = importlib.util.spec_from_file_location(path.stem, path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    else:
-        sys.path.insert(0, str(Path.cwd()))
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as err:
-            raise ValueError(f"{ref}: cannot import module {module_name!r}: {err}") from err
-        finally:
-            sys.path.pop(0)
-    func = getattr(module, func_name, None)
-    if not callable(func):
-        raise ValueError(f"{ref}: module {module_name!r} has no function {func_name!r}")
-    model = func()
-    if not isinstance(model, Model):
-        raise TypeError(f"{ref}: {func_name}() returned {type(model).__name__}, not a kcompile Model")
-    return model
-
-
-def export(ref: str, out: str, training: bool, opset: int | None) -> int:
-    """Write a model's inference graph (or its training step) as ONNX."""
-    model = load_model_ref(ref)
-    model.export(out, format="onnx", training=training, opset_version=opset)
-    import onnx
-
-    proto = onnx.load(out)
-    what = "training step" if training else "inference graph"
-    print(f"wrote {out}: {model.name} {what}, opset {proto.opset_import[0].version}, "
-          f"{len(proto.graph.node)} nodes, inputs {[i.name for i in proto.graph.input][:4]}"
-          f"{' ...' if len(proto.graph.input) > 4 else ''}")
-    return 0
+BUILTIN_MODELS = {"mlp": lambda: _bench_mlp(), "convnet": lambda: _bench_convnet(),
+                  "digits-convnet": build_convnet, "seed-mlp": build_mlp}
+_MODEL_HELP = "a .keras file, or 'module:function' / 'path/to/file.py:function' returning a model"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from kcompile import cli_commands as commands
+
     parser = argparse.ArgumentParser(prog="kcompile", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    p_demo = sub.add_parser("demo", help="build the digits convnet and the seed MLP, predict")
+    p_demo = sub.add_parser("demo", help="train the digits convnet compiled, compare, export to ONNX")
     p_demo.add_argument("--seed", type=int, default=0)
-    p_bench = sub.add_parser("bench", help="compile time (cold and cached) and compiled vs eager "
-                                           "speed of a built-in model")
-    p_bench.add_argument("--model", choices=["mlp", "convnet", "digits-convnet", "seed-mlp"],
-                         default="convnet")
+
+    p_summary = sub.add_parser("summary", help="print a model's summary",
+                               description="Print MODEL's Keras-style summary.")
+    p_summary.add_argument("model", metavar="MODEL", help=_MODEL_HELP)
+
+    p_bench = sub.add_parser(
+        "bench", help="compile time and compiled vs eager vs onnxruntime speed",
+        description="Compile MODEL (cold, then from the on-disk cache) and time one batch of "
+                    "random input compiled, eager (NumPy) and in onnxruntime on the exported graph.")
+    p_bench.add_argument("model", metavar="MODEL", nargs="?", help=_MODEL_HELP +
+                         " (default: the built-in --builtin model)")
+    p_bench.add_argument("--builtin", "--model", dest="builtin", choices=sorted(BUILTIN_MODELS),
+                         default="convnet", help="a built-in benchmark model (default convnet)")
     p_bench.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
-    p_bench.add_argument("--repeats", type=int, default=10)
+    p_bench.add_argument("--repeats", type=int, default=10, help="timed runs (default 10)")
+
+    p_compare = sub.add_parser(
+        "compare", help="parity report: compiled and onnxruntime vs the eager reference",
+        description="Run MODEL on random input compiled, eager and in onnxruntime; print each "
+                    "output's max abs/rel error against eager. Exit status 1 when an error is above "
+                    "rtol 1e-4 / atol 1e-5.")
+    p_compare.add_argument("model", metavar="MODEL", help=_MODEL_HELP)
+    p_compare.add_argument("--batch", type=int, default=8, help="batch size (default 8)")
+    p_compare.add_argument("--repeats", type=int, default=3, help="timed runs (default 3)")
+
     p_export = sub.add_parser(
         "export", help="write a model as ONNX (inference, or the whole training step)",
-        description="Write MODEL as a default-domain ONNX file that stock onnxruntime runs. MODEL "
-                    "is 'module:function' (or 'path/to/file.py:function'): a function, called "
-                    "with no arguments, that returns a kcompile model -- compiled (optimizer and "
-                    "loss) for --training.")
-    p_export.add_argument("model", metavar="MODEL", help="module:function returning the model")
+        description="Write MODEL as a default-domain ONNX file that stock onnxruntime runs; with "
+                    "--training, the whole training step (the model must be compiled: a .keras "
+                    "file saved after compile(), or a function returning a compiled model).")
+    p_export.add_argument("model", metavar="MODEL", help=_MODEL_HELP)
     p_export.add_argument("-o", "--output", required=True, help="the .onnx file to write")
     p_export.add_argument("--training", action="store_true",
                           help="export the training step (forward, backward, optimizer update); "
@@ -245,18 +200,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_export.add_argument("--opset", type=int, default=None,
                           help="ONNX opset (default: the newest supported)")
     args = parser.parse_args(argv)
-    if args.command == "export":
-        try:
-            return export(args.model, args.output, args.training, args.opset)
-        except (ValueError, TypeError, NotImplementedError) as err:
-            print(f"kcompile export: error: {err}", file=sys.stderr)
-            return 2
     if args.command == "demo":
         return demo(args.seed)
-    if args.command == "bench":
-        if args.batch < 0 or args.repeats < 1:
-            parser.error("--batch must be >= 0 and --repeats >= 1")
-        return bench(args.model, args.batch, args.repeats)
+    if getattr(args, "batch", 1) < 1 or getattr(args, "repeats", 1) < 1:
+        parser.error("--batch and --repeats must be >= 1")
+    try:
+        if args.command == "summary":
+            return commands.summary(args.model)
+        if args.command == "bench":
+            model = commands.load(args.model) if args.model else BUILTIN_MODELS[args.builtin]()
+            return commands.bench(model, args.batch, args.repeats)
+        if args.command == "compare":
+            return commands.compare(args.model, args.batch, args.repeats)
+        if args.command == "export":
+            return commands.export(args.model, args.output, args.training, args.opset)
+    except (ValueError, TypeError, NotImplementedError, FileNotFoundError) as err:
+        print(f"kcompile {args.command}: error: {err}", file=sys.stderr)
+        return 2
     return 2
 
 

@@ -31,13 +31,16 @@ class CompareReport:
     compiled_seconds: float = 0.0
     compile_seconds: float = 0.0
     compile_cached: bool = False
+    onnx_outputs: list[OutputDiff] = field(default_factory=list)  # onnxruntime vs eager, if run
+    onnx_seconds: float | None = None
 
     @property
     def speedup(self) -> float:
         return self.eager_seconds / self.compiled_seconds if self.compiled_seconds else float("inf")
 
     def ok(self, rtol: float = 1e-4, atol: float = 1e-5) -> bool:
-        return all(o.max_abs <= atol or o.max_rel <= rtol for o in self.outputs)
+        return all(o.max_abs <= atol or o.max_rel <= rtol
+                   for o in (*self.outputs, *self.onnx_outputs))
 
     def __str__(self) -> str:
         lines = [f"kcompile.compare: model '{self.model}', batch {self.batch}",
@@ -48,6 +51,11 @@ class CompareReport:
         lines.append(f"  eager    {self.eager_seconds * 1e3:10.3f} ms (median)")
         lines.append(f"  compiled {self.compiled_seconds * 1e3:10.3f} ms (median)  "
                      f"{self.speedup:.1f}x faster; compile {self.compile_seconds * 1e3:.0f} ms ({how})")
+        if self.onnx_seconds is not None:
+            worst = max((o.max_abs for o in self.onnx_outputs), default=0.0)
+            lines.append(f"  onnxruntime {self.onnx_seconds * 1e3:7.3f} ms (median)  compiled takes "
+                         f"{self.compiled_seconds / self.onnx_seconds:.2f}x its time; max abs err vs "
+                         f"eager {worst:.3e}")
         return "\n".join(lines)
 
 
@@ -61,9 +69,30 @@ def _median_time(fn: Callable[[], Any], repeats: int) -> float:
     return float(np.median(times))
 
 
-def compare(model: Any, x: Any, *, repeats: int = 10, print_report: bool = True) -> CompareReport:
-    """Run `model` on `x` with the eager and the compiled executor; report the per-output max abs /
-    rel error (compiled vs eager) and the median time of each."""
+def _diff(name: str, got: np.ndarray, want: np.ndarray) -> OutputDiff:
+    diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
+    rel = diff / np.maximum(np.abs(want.astype(np.float64)), 1e-30)
+    return OutputDiff(name, got.shape, float(diff.max(initial=0.0)), float(rel.max(initial=0.0)))
+
+
+def _onnxruntime_runner(lowered: Any, arrays: list[np.ndarray]) -> Callable[[], list[np.ndarray]]:
+    """The inference graph exported to ONNX in memory and loaded by onnxruntime."""
+    import onnxruntime as ort
+
+    from kcompile.codegen.onnx.exporter import graph_to_onnx
+
+    proto = graph_to_onnx(lowered.graph, weights=[np.asarray(v.value) for v in lowered.variables],
+                          check=False)
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    feeds = {i.name: a for i, a in zip(sess.get_inputs(), arrays, strict=True)}
+    return lambda: sess.run(None, feeds)
+
+
+def compare(model: Any, x: Any, *, repeats: int = 10, print_report: bool = True,
+            onnxruntime: bool = False) -> CompareReport:
+    """Run `model` on `x` with the eager and the compiled executor (and onnxruntime on the exported
+    graph, with `onnxruntime=True`); report the per-output max abs / rel error against eager and the
+    median time of each."""
     if not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"compare: repeats must be a positive int, got {repeats!r}")
     sigs, structure = model.input_signature(x)
@@ -79,13 +108,14 @@ def compare(model: Any, x: Any, *, repeats: int = 10, print_report: bool = True)
                            compile_cached=executor.compiled.stats.cached)
     names = [getattr(v, "name", None) or f"output_{i}" for i, v in
              enumerate(lowered.graph.outputs[:lowered.num_outputs])]
-    for i, (c, e) in enumerate(zip(compiled, eager, strict=True)):
-        diff = np.abs(c.astype(np.float64) - e.astype(np.float64))
-        rel = diff / np.maximum(np.abs(e.astype(np.float64)), 1e-30)
-        report.outputs.append(OutputDiff(names[i] if i < len(names) else f"output_{i}", c.shape,
-                                         float(diff.max(initial=0.0)), float(rel.max(initial=0.0))))
+    names = [names[i] if i < len(names) else f"output_{i}" for i in range(len(eager))]
+    report.outputs = [_diff(n, c, e) for n, c, e in zip(names, compiled, eager, strict=True)]
     report.eager_seconds = _median_time(lambda: execute(lowered, arrays), repeats)
     report.compiled_seconds = _median_time(lambda: executor.run(arrays), repeats)
+    if onnxruntime:
+        run_ort = _onnxruntime_runner(lowered, arrays)
+        report.onnx_outputs = [_diff(n, o, e) for n, o, e in zip(names, run_ort(), eager, strict=True)]
+        report.onnx_seconds = _median_time(run_ort, repeats)
     if print_report:
         print(report)
     return report

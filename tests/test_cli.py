@@ -89,8 +89,8 @@ def test_export_command(tmp_path, capsys) -> None:
 
 
 @pytest.mark.parametrize(("ref", "message"), [
-    ("nocolon", "expected 'module:function'"),
-    ("m.keras", "reading .keras files is not supported yet"),
+    ("nocolon", "expected a .keras file or 'module:function'"),
+    ("m.keras", "no such file"),
     ("missing_file.py:make", "no such file missing_file.py"),
     ("no_such_module_xyz:make", "cannot import module 'no_such_module_xyz'"),
     ("{src}:absent", "has no function 'absent'"),

@@ -269,3 +269,14 @@ def test_inputs_are_validated_before_native_code() -> None:
                      [v.value for v in lw.variables])[0]
     np.testing.assert_allclose(model(strided), want, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(model.predict(np.asfortranarray(strided)), want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("batch", [5, 48, 131, 300])
+def test_static_gemm_row_chunks(batch):
+    """Large batches go through the static-weight GEMM in L2-sized row chunks (48 rows for K=1000):
+    full chunks, a partial chunk and the last batch % 6 rows all match the eager result."""
+    model = keras.Sequential([keras.Input((1000,)), layers.Dense(40, activation="relu"),
+                              layers.Dense(7)])
+    x = np.random.default_rng(batch).standard_normal((batch, 1000)).astype("float32")
+    report = keras.compare(model, x, repeats=1, print_report=False)
+    assert report.ok(), report

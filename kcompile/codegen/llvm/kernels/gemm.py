@@ -33,6 +33,8 @@ from kcompile.ir.core import Node
 
 MR = 6
 KC_BYTES = 128 * 1024  # the packed run-time B block (K rows x NR columns) a thread keeps
+A_BLOCK_BYTES = 192 * 1024  # the rows of A a thread keeps in L2 while its static panels pass
+MC_MAX_ROWS = 192
 
 
 def panel_vectors(vw: int) -> int:
@@ -123,25 +125,42 @@ def emit_gemm(ctx: KernelContext, node: Node, program: tuple) -> ir.Function:
         b.call(micro[key], [a_ptr, b_ptr, out, c_off, row0, col0, kdim if k_len is None else k_len,
                             sam, sak, b_stride, *[ins[i] for i in range(2, len(ins))]])
 
-    if static_b:  # threads split the packed panels; each panel sweeps every row
+    if static_b:  # threads split the packed panels; each panel sweeps the rows chunk by chunk
         p_lo, p_hi = split_range(kb, kb.i64(plan.panels), tid, nt)
+        # Rows go in chunks of `mc` whose A block stays in L2 while every panel of this thread
+        # passes over it: without the chunks a large batch streams all of A from memory once per
+        # panel (32 times for N = 512).
+        mc = max(MR, min(MC_MAX_ROWS, A_BLOCK_BYTES // (4 * max(plan.k or 1, 1))) // MR * MR)
         with kb.loop(kb.i64(0), batches, 1, "bt") as bt:
             a_ptr = kb.gep(ins[0], b.mul(bt, a_bstride))
             c_ptr = b.mul(bt, c_bstride)  # element offset of this batch's C (and full operands)
-            with kb.loop(p_lo, p_hi, 1, "p") as p:
-                col0 = b.mul(p, kb.i64(plan.nr))
-                bpanel = kb.gep(ins[1], b.mul(p, b.mul(kdim, kb.i64(plan.nr))))
+            with kb.loop(kb.i64(0), full_rows, mc, "mc") as mc0:
+                mc_end = b.add(mc0, kb.i64(mc))
+                mc_end = b.select(b.icmp_signed("<", mc_end, full_rows), mc_end, full_rows)
+                with kb.loop(p_lo, p_hi, 1, "p") as p:
+                    col0 = b.mul(p, kb.i64(plan.nr))
+                    bpanel = kb.gep(ins[1], b.mul(p, b.mul(kdim, kb.i64(plan.nr))))
 
-                def for_panel(nvec: int, edge: bool) -> None:
-                    stride = kb.i64(nvec * plan.vw)
-                    with kb.loop(kb.i64(0), full_rows, MR, "m") as m0:
-                        call(MR, nvec, edge, a_ptr, bpanel, c_ptr, m0, col0, stride)
-                    for r in range(1, MR):
-                        with kb.if_then(b.icmp_signed("==", rem, kb.i64(r))):
-                            call(r, nvec, edge, a_ptr, bpanel, c_ptr, full_rows, col0, stride)
+                    def full(nvec: int, edge: bool) -> None:
+                        stride = kb.i64(nvec * plan.vw)
+                        with kb.loop(mc0, mc_end, MR, "m") as m0:
+                            call(MR, nvec, edge, a_ptr, bpanel, c_ptr, m0, col0, stride)
 
-                for_panel_variants(kb, p, plan.panels, plan.nv, plan.last_nv,
-                                   plan.n % plan.vw != 0, for_panel)
+                    for_panel_variants(kb, p, plan.panels, plan.nv, plan.last_nv,
+                                       plan.n % plan.vw != 0, full)
+            with kb.if_then(b.icmp_signed(">", rem, kb.i64(0))):  # the last m % MR rows
+                with kb.loop(p_lo, p_hi, 1, "p") as p:
+                    col0 = b.mul(p, kb.i64(plan.nr))
+                    bpanel = kb.gep(ins[1], b.mul(p, b.mul(kdim, kb.i64(plan.nr))))
+
+                    def tail(nvec: int, edge: bool) -> None:
+                        stride = kb.i64(nvec * plan.vw)
+                        for r in range(1, MR):
+                            with kb.if_then(b.icmp_signed("==", rem, kb.i64(r))):
+                                call(r, nvec, edge, a_ptr, bpanel, c_ptr, full_rows, col0, stride)
+
+                    for_panel_variants(kb, p, plan.panels, plan.nv, plan.last_nv,
+                                       plan.n % plan.vw != 0, tail)
     else:  # run-time B: packed per panel and K block into a stack buffer, as BLIS does
         # Work items are (batch, panel, row chunk): a thread packs its KC x NR slice of B once
         # and sweeps the rows with it. Rows are cut into chunks only when there are too few

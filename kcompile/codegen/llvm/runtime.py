@@ -55,6 +55,7 @@ class CompiledGraph:
                                       for t in [*self._in_types, *self._out_types])
         self._in_facts = [(np.dtype(t.dtype), t.rank, t.shape[1:]) for t in self._in_types]
         self._out_facts = [(np.dtype(t.dtype), t.shape[1:]) for t in self._out_types]
+        self._out_shapes: dict[int, list[tuple[tuple[int, ...], np.dtype]]] = {}
 
     @property
     def stats(self):
@@ -124,18 +125,38 @@ class CompiledGraph:
         batch = self._check_inputs(inputs)
         if not self.pool.alive:
             self._rebind_pool()
-        outs = [np.empty(t.with_batch(batch).shape, t.dtype) for t in self._out_types]
-        for i, arr in enumerate(out or ()):
-            if arr is not None:
-                self._check_out(i, arr, batch)
-                for j, src in enumerate(inputs):
-                    if np.may_share_memory(arr, src) and self.program.aliases.get(i) != j:
-                        raise ValueError(f"out[{i}] of {self.graph.name!r} overlaps input "
-                                         f"{self.graph.inputs[j].name!r}, which the compiled code "
-                                         "does not allow to be overwritten")
-                outs[i] = arr
+        shapes = self._out_shapes.get(batch)
+        if shapes is None:
+            shapes = self._out_shapes[batch] = [(t.with_batch(batch).shape, np.dtype(t.dtype))
+                                                for t in self._out_types]
+        given = list(out or ())
+        given += [None] * (len(shapes) - len(given))
+        addresses = [_address(a) for a in inputs]
+        if any(a is not None for a in given):  # memory ranges of the inputs, for overlap checks
+            in_lo = np.array(addresses, np.int64)
+            in_hi = in_lo + np.array([a.nbytes for a in inputs], np.int64)
+        outs = []
+        for i, ((shape, dtype), arr) in enumerate(zip(shapes, given, strict=True)):
+            if arr is None:
+                outs.append(np.empty(shape, dtype))
+                continue
+            if type(arr) is not np.ndarray or arr.dtype != dtype or arr.shape != shape or \
+                    not arr.flags.c_contiguous or not arr.flags.aligned or not arr.flags.writeable:
+                raise ValueError(f"out[{i}] of {self.graph.name!r}: expected a writeable "
+                                 f"C-contiguous {dtype.name} array of shape {format_shape(shape)}")
+            lo = _address(arr)
+            overlaps = (in_lo < lo + arr.nbytes) & (in_hi > lo)
+            allowed = self.program.aliases.get(i)
+            if allowed is not None:
+                overlaps[allowed] = False
+            if arr.nbytes and overlaps.any():
+                j = int(np.flatnonzero(overlaps)[0])
+                raise ValueError(f"out[{i}] of {self.graph.name!r} overlaps input "
+                                 f"{self.graph.inputs[j].name!r}, which the compiled code "
+                                 "does not allow to be overwritten")
+            outs.append(arr)
         with self.pool.lock:
-            self._run_locked(inputs, outs, batch, nthreads)
+            self._run_locked(inputs, outs, batch, nthreads, addresses)
         return outs
 
     def _rebind_pool(self) -> None:
@@ -144,11 +165,12 @@ class CompiledGraph:
         self._table[self.program.table.sync_index] = self.pool.sync_addr
         self._run_addr = ctypes.cast(self.pool.run, ctypes.c_void_p).value if self.pool.run else None
 
-    def _run_locked(self, inputs, outs, batch: int, nthreads: int | None) -> None:
+    def _run_locked(self, inputs, outs, batch: int, nthreads: int | None,
+                    addresses: list[int] | None = None) -> None:
         self._ensure_arena(batch)
         table = self._table
         for i, arr in enumerate(inputs):
-            table[i] = _address(arr)
+            table[i] = _address(arr) if addresses is None else addresses[i]
         base = len(inputs)
         for i, arr in enumerate(outs):
             table[base + i] = _address(arr) if arr.size else 0
@@ -160,29 +182,25 @@ class CompiledGraph:
             else:
                 self._entry(table, batch, 0, 1)
 
-    def _check_out(self, i: int, arr: np.ndarray, batch: int) -> None:
-        t = self._out_types[i].with_batch(batch)
-        if not isinstance(arr, np.ndarray) or arr.dtype.name != t.dtype or arr.shape != t.shape or \
-                not arr.flags.c_contiguous or not arr.flags.aligned or not arr.flags.writeable:
-            raise ValueError(f"out[{i}] of {self.graph.name!r}: expected a writeable C-contiguous "
-                             f"{t.dtype} array of shape {format_shape(t.shape)}")
-
     def _check_inputs(self, inputs: Sequence[np.ndarray]) -> int:
         if len(inputs) != len(self._in_types):
             raise ValueError(f"compiled graph {self.graph.name!r} takes {len(self._in_types)} "
                              f"input(s), got {len(inputs)}")
         batch = None
-        for value, t, arr in zip(self.graph.inputs, self._in_types, inputs, strict=True):
+        for value, t, arr, (dtype, _, _) in zip(self.graph.inputs, self._in_types, inputs,
+                                                self._in_facts, strict=True):
             if not isinstance(arr, np.ndarray):
                 raise TypeError(f"input {value.name!r}: expected a NumPy array, got "
                                 f"{type(arr).__name__}")
-            if arr.dtype.name != t.dtype or not arr.flags.c_contiguous or \
-                    not t.matches(arr.shape) or not arr.flags.aligned:
+            shape = arr.shape
+            if arr.dtype != dtype or not arr.flags.c_contiguous or len(shape) != len(t.shape) or \
+                    not arr.flags.aligned or \
+                    any(d is not None and d != s for d, s in zip(t.shape, shape, strict=True)):
                 raise ValueError(f"input {value.name!r}: expected a C-contiguous {t.dtype} array of "
                                  f"shape {format_shape(t.shape)}, got {arr.dtype} "
-                                 f"{format_shape(arr.shape)}"
+                                 f"{format_shape(shape)}"
                                  + ("" if arr.flags.c_contiguous else " (not contiguous)"))
-            for d, s in zip(t.shape, arr.shape, strict=True):
+            for d, s in zip(t.shape, shape, strict=True):
                 if d is None:
                     if batch is not None and s != batch:
                         raise ValueError(f"input {value.name!r}: batch size {s} differs from {batch}")

@@ -57,8 +57,24 @@ class Loss:
         g.outputs = [self.build(Emitter(g), t, p, w)]
         return run(g, feeds)[0]
 
+    # Keras config fields kcompile implements only at their default (written back as such)
+    _keras_fixed: dict[str, Any] = {}
+
     def get_config(self) -> dict[str, Any]:
         return {"name": self.name, "reduction": self.reduction}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Loss:
+        config = dict(config)
+        for key, default in cls._keras_fixed.items():
+            value = config.pop(key, default)
+            if value != default:
+                raise ValueError(f"{cls.__name__}: {key}={value!r} is not supported by kcompile "
+                                 f"(only {default!r})")
+        from kcompile.serialization import require_float32
+
+        require_float32(cls.__name__, config.pop("dtype", None))
+        return cls(**config)
 
 
 def eager_graph(name: str, y_true: np.ndarray, y_pred: np.ndarray, sample_weight: Any
@@ -97,11 +113,12 @@ class _FromLogits(Loss):
         self.from_logits = bool(from_logits)
 
     def get_config(self):
-        return {**super().get_config(), "from_logits": self.from_logits}
+        return {**super().get_config(), "from_logits": self.from_logits, **self._keras_fixed}
 
 
 class BinaryCrossentropy(_FromLogits):
     name = "binary_crossentropy"
+    _keras_fixed = {"label_smoothing": 0.0, "axis": -1}
 
     def per_sample(self, e, y_true, y_pred):
         if self.from_logits:  # log_sigmoid(x) = min(x, 0) - log(1 + exp(-|x|))
@@ -125,6 +142,7 @@ def _log_probs(e: Emitter, y_pred: Value, from_logits: bool) -> Value:
 
 class CategoricalCrossentropy(_FromLogits):
     name = "categorical_crossentropy"
+    _keras_fixed = {"label_smoothing": 0.0, "axis": -1}
 
     def per_sample(self, e, y_true, y_pred):
         axis = y_pred.type.rank - 1
@@ -133,6 +151,7 @@ class CategoricalCrossentropy(_FromLogits):
 
 class SparseCategoricalCrossentropy(_FromLogits):
     name = "sparse_categorical_crossentropy"
+    _keras_fixed = {"ignore_class": None}
 
     def label_type(self, pred: TensorType) -> TensorType:
         return TensorType(pred.shape[:-1], "int32")

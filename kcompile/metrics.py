@@ -68,6 +68,14 @@ class Metric:
     def get_config(self) -> dict[str, Any]:
         return {"name": self.name, "dtype": self.dtype}
 
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Metric:
+        config = dict(config)
+        from kcompile.serialization import require_float32
+
+        require_float32(cls.__name__, config.pop("dtype", None))
+        return cls(**config)
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} name={self.name}>"
 

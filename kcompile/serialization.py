@@ -29,3 +29,23 @@ def dtype_name(dtype: Any) -> str:
     if isinstance(dtype, dict):
         return dtype.get("config", {}).get("name", "float32")
     return str(dtype)
+
+
+def serialize_known(obj: Any, module: str, builtins: dict[str, type]) -> dict[str, Any]:
+    """Keras's form of an optimizer, schedule, ...: `module` for kcompile's own classes; a user
+    class is written with its registered name ("package>Name") and no module, as Keras does."""
+    from kcompile.saving.object_registration import get_registered_name
+
+    cls = type(obj)
+    if builtins.get(cls.__name__) is cls:
+        return {"module": module, "class_name": cls.__name__, "config": obj.get_config(),
+                "registered_name": None}
+    return {"module": None, "class_name": cls.__name__, "config": obj.get_config(),
+            "registered_name": get_registered_name(cls)}
+
+
+def require_float32(owner: str, dtype: Any) -> None:
+    """Configs may name a dtype (a string or a DTypePolicy); kcompile computes in float32 only."""
+    if dtype is not None and dtype_name(dtype) != "float32":
+        raise ValueError(f"{owner}: dtype={dtype_name(dtype)!r} is not supported by kcompile "
+                         "(float32 only)")

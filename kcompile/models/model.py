@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -66,6 +67,17 @@ class Model(Layer):
                     else [weighted_metrics] if weighted_metrics else [])]:
             metrics_mod.get(m)  # unknown names fail at compile time, as in Keras
         self.metrics_config = metrics
+
+        def snapshot(ms: Any) -> Any:  # metric objects as given (resolving may rename them)
+            return [copy.copy(m) if isinstance(m, metrics_mod.Metric) else m for m in ms] \
+                if isinstance(ms, list | tuple) else copy.copy(ms)
+
+        # what compile was given, for the `compile_config` of saved models
+        self._compile_args = {"loss": loss, "loss_weights": loss_weights,
+                              "metrics": snapshot(metrics),
+                              "weighted_metrics": snapshot(weighted_metrics),
+                              "run_eagerly": run_eagerly, "steps_per_execution": steps_per_execution,
+                              "jit_compile": jit_compile}
         self._compiled_metrics = None
         self._train_steps = {}
         self.loss_weights, self.weighted_metrics = loss_weights, weighted_metrics

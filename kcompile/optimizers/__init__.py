@@ -3,10 +3,14 @@ every trainable variable, so eager, compiled and exported training steps share i
 
 The step counter (`iterations`, before this step) and the learning rate are graph inputs: schedules
 and ReduceLROnPlateau change the rate without recompiling. Slots are explicit inputs/outputs.
+
+`get_config`/`serialize`/`deserialize` use Keras's config format (see
+`kcompile.saving.optimizer_state` for the state's `.keras` layout).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -14,7 +18,13 @@ import numpy as np
 
 from kcompile.ir.core import Value
 from kcompile.ir.emit import Emitter
-from kcompile.optimizers import schedules  # noqa: F401 - keras.optimizers.schedules
+from kcompile.optimizers import schedules
+
+
+def _snake_case(name: str) -> str:
+    """Keras's default optimizer names: "adam", "sgd", "rm_sprop", "adam_w"."""
+    s = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub(r"([a-z])([A-Z])", r"\1_\2", s).lower()
 
 
 class Optimizer:
@@ -23,7 +33,17 @@ class Optimizer:
     def __init__(self, learning_rate: float | Callable[[int], float] = 0.001,
                  weight_decay: float | None = None, clipnorm: float | None = None,
                  clipvalue: float | None = None, global_clipnorm: float | None = None,
-                 name: str | None = None, **kwargs: Any) -> None:
+                 use_ema: bool = False, ema_momentum: float = 0.99,
+                 ema_overwrite_frequency: int | None = None, loss_scale_factor: float | None = None,
+                 gradient_accumulation_steps: int | None = None, name: str | None = None,
+                 **kwargs: Any) -> None:
+        # Keras's options that kcompile does not implement: accepted (and written back to configs)
+        # at their defaults only
+        for option, value in (("use_ema", use_ema), ("loss_scale_factor", loss_scale_factor),
+                              ("gradient_accumulation_steps", gradient_accumulation_steps)):
+            if value not in (None, False):
+                raise ValueError(f"{type(self).__name__}: {option}={value!r} is not supported by "
+                                 "kcompile (only its default)")
         unsupported = {k: v for k, v in kwargs.items() if v not in (None, False)}
         if unsupported:
             raise ValueError(f"{type(self).__name__}: options {sorted(unsupported)} are not "
@@ -35,9 +55,51 @@ class Optimizer:
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
         self.clipnorm, self.clipvalue, self.global_clipnorm = clipnorm, clipvalue, global_clipnorm
-        self.name = name or type(self).__name__.lower()
+        self.use_ema, self.ema_momentum = False, ema_momentum
+        self.ema_overwrite_frequency = ema_overwrite_frequency
+        self.loss_scale_factor = self.gradient_accumulation_steps = None
+        self.name = name or _snake_case(type(self).__name__)
         self.iterations = 0
         self.slots: list[list[np.ndarray]] = []  # per variable, per slot name
+
+    @property
+    def keras_slot_groups(self) -> tuple[tuple[str, ...], ...]:
+        """How Keras orders the slot variables (`optimizer.variables` after iterations and the
+        learning rate): one group after the other; within a group, per trainable variable, its
+        slots in the group's order. Adam: ((momentum, velocity),) interleaves them per variable;
+        RMSprop creates all velocities, then all momentums, then all average gradients."""
+        return (self.slot_names,) if self.slot_names else ()
+
+    # -- configs (Keras's `get_config`/`from_config`) -------------------------------------------
+    def get_config(self) -> dict[str, Any]:
+        """Keras's config: every field Keras writes, in its order (the learning rate rounded to
+        float32 as Keras's variable holds it; a schedule serialized)."""
+        lr = self.learning_rate
+        if isinstance(lr, schedules.LearningRateSchedule):
+            lr_config: Any = schedules.serialize(lr)
+        elif callable(lr):
+            raise ValueError(f"Optimizer '{self.name}': its learning_rate is a plain Python "
+                             f"callable ({lr!r}), which cannot be saved; use a "
+                             "keras.optimizers.schedules.LearningRateSchedule")
+        else:
+            lr_config = float(np.float32(lr))
+        return {"name": self.name, "learning_rate": lr_config, "weight_decay": self.weight_decay,
+                "clipnorm": self.clipnorm, "global_clipnorm": self.global_clipnorm,
+                "clipvalue": self.clipvalue, "use_ema": self.use_ema,
+                "ema_momentum": self.ema_momentum,
+                "ema_overwrite_frequency": self.ema_overwrite_frequency,
+                "loss_scale_factor": self.loss_scale_factor,
+                "gradient_accumulation_steps": self.gradient_accumulation_steps}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], custom_objects: dict[str, Any] | None = None
+                    ) -> Optimizer:
+        config = dict(config)
+        if isinstance(config.get("learning_rate"), dict):
+            config["learning_rate"] = schedules.deserialize(config["learning_rate"],
+                                                            custom_objects)
+        config.pop("decay", None)  # Keras ignores it too (a Keras 2 leftover)
+        return cls(**config)
 
     def current_learning_rate(self) -> float:
         lr = self.learning_rate
@@ -97,6 +159,9 @@ class SGD(Optimizer):
         self.momentum, self.nesterov = float(momentum), bool(nesterov)
         self.slot_names = ("momentum",) if self.momentum else ()
 
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "momentum": self.momentum, "nesterov": self.nesterov}
+
     def update(self, e, p, g, slots, lr, iterations):
         if not self.momentum:
             return e.sub(p, e.mul(g, lr)), []
@@ -110,8 +175,16 @@ class Adam(Optimizer):
 
     def __init__(self, learning_rate: Any = 0.001, beta_1: float = 0.9, beta_2: float = 0.999,
                  epsilon: float = 1e-7, amsgrad: bool = False, **kwargs: Any) -> None:
-        super().__init__(learning_rate, amsgrad=amsgrad, **kwargs)
+        super().__init__(learning_rate, **kwargs)
+        if amsgrad:
+            raise ValueError(f"{type(self).__name__}: amsgrad=True is not supported by kcompile "
+                             "(only its default)")
         self.beta_1, self.beta_2, self.epsilon = float(beta_1), float(beta_2), float(epsilon)
+        self.amsgrad = False
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2,
+                "epsilon": self.epsilon, "amsgrad": self.amsgrad}
 
     def update(self, e, p, g, slots, lr, iterations):
         m, v = slots
@@ -137,6 +210,14 @@ class RMSprop(Optimizer):
         self.centered = bool(centered)
         self.slot_names = ("velocity",) + (("momentum",) if self.momentum > 0 else ()) + \
             (("average_gradient",) if self.centered else ())
+
+    @property
+    def keras_slot_groups(self) -> tuple[tuple[str, ...], ...]:
+        return tuple((name,) for name in self.slot_names)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "rho": self.rho, "momentum": self.momentum,
+                "epsilon": self.epsilon, "centered": self.centered}
 
     def update(self, e, p, g, slots, lr, iterations):
         slots = list(slots)
@@ -168,6 +249,10 @@ class Adagrad(Optimizer):
         super().__init__(learning_rate, **kwargs)
         self.initial_accumulator_value, self.epsilon = float(initial_accumulator_value), float(epsilon)
 
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "initial_accumulator_value": self.initial_accumulator_value,
+                "epsilon": self.epsilon}
+
     def initial_slots(self, shape):
         return [np.full(shape, self.initial_accumulator_value, np.float32)]
 
@@ -179,9 +264,37 @@ class Adagrad(Optimizer):
 _NAMES = {"sgd": SGD, "adam": Adam, "adamw": AdamW, "rmsprop": RMSprop, "adagrad": Adagrad}
 
 
+_CLASSES = {cls.__name__: cls for cls in (SGD, Adam, AdamW, RMSprop, Adagrad)}
+
+
+def serialize(optimizer: Optimizer) -> dict[str, Any]:
+    """Keras's `{"module", "class_name", "config", "registered_name"}` form of an optimizer."""
+    from kcompile.serialization import serialize_known
+
+    return serialize_known(optimizer, "keras.optimizers", _CLASSES)
+
+
+def deserialize(config: dict[str, Any], custom_objects: dict[str, Any] | None = None) -> Optimizer:
+    """An optimizer from its serialized form (as `serialize` and real Keras write it)."""
+    from kcompile.saving.object_registration import resolve_custom
+
+    if not isinstance(config, dict) or "class_name" not in config:
+        raise ValueError(f"Not a serialized optimizer: {config!r}")
+    name = config["class_name"]
+    cls = resolve_custom(name, config.get("registered_name"), custom_objects)
+    if cls is None:
+        cls = _CLASSES.get(name) or _NAMES.get(str(name).lower())
+    if not (isinstance(cls, type) and issubclass(cls, Optimizer)):
+        raise ValueError(f"Unknown optimizer {name!r}; kcompile supports {sorted(_CLASSES)} (and "
+                         "registered Optimizer subclasses)")
+    return cls.from_config(config.get("config") or {}, custom_objects)
+
+
 def get(identifier: Any) -> Optimizer:
     if isinstance(identifier, Optimizer):
         return identifier
+    if isinstance(identifier, dict):
+        return deserialize(identifier)
     if isinstance(identifier, str) and identifier.lower() in _NAMES:
         return _NAMES[identifier.lower()]()
     raise ValueError(f"Unknown optimizer {identifier!r}; kcompile supports {sorted(_NAMES)} "

@@ -120,3 +120,31 @@ class CosineDecay(LearningRateSchedule):
         return {"initial_learning_rate": self.initial_learning_rate,
                 "decay_steps": self.decay_steps, "alpha": self.alpha, "name": self.name,
                 "warmup_target": self.warmup_target, "warmup_steps": self.warmup_steps}
+
+
+_BUILTIN = {cls.__name__: cls for cls in (ExponentialDecay, InverseTimeDecay, PiecewiseConstantDecay,
+                                          CosineDecay)}
+_KERAS_ONLY = ("PolynomialDecay", "CosineDecayRestarts")
+
+
+def serialize(schedule: LearningRateSchedule) -> dict[str, Any]:
+    """Keras's form: {"module": "keras.optimizers.schedules", "class_name", "config", ...}."""
+    from kcompile.serialization import serialize_known
+
+    return serialize_known(schedule, "keras.optimizers.schedules", _BUILTIN)
+
+
+def deserialize(config: dict[str, Any], custom_objects: dict[str, Any] | None = None
+                ) -> LearningRateSchedule:
+    """A schedule from its serialized form (as `serialize` and real Keras write it)."""
+    from kcompile.saving.object_registration import resolve_custom
+
+    if not isinstance(config, dict) or "class_name" not in config:
+        raise ValueError(f"Not a serialized learning-rate schedule: {config!r}")
+    name = config["class_name"]
+    cls = resolve_custom(name, config.get("registered_name"), custom_objects) or _BUILTIN.get(name)
+    if not (isinstance(cls, type) and issubclass(cls, LearningRateSchedule)):
+        known = f"kcompile supports {sorted(_BUILTIN)} and registered LearningRateSchedule subclasses"
+        what = "is not implemented by kcompile" if name in _KERAS_ONLY else "is unknown"
+        raise ValueError(f"Learning-rate schedule {name!r} {what}; {known}")
+    return cls.from_config(dict(config.get("config") or {}))

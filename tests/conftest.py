@@ -44,3 +44,23 @@ def module_cache_dir(tmp_path_factory):
         os.environ.pop("KCOMPILE_CACHE_DIR", None)
     else:
         os.environ["KCOMPILE_CACHE_DIR"] = old
+
+
+def scale_layer_class():
+    """A small custom layer (x * factor) for custom-object tests; a fresh class per call, so a test
+    may register it without affecting others."""
+    import kcompile
+    from kcompile import ops
+
+    class Scale(kcompile.layers.Layer):
+        def __init__(self, factor: float = 2.0, **kwargs):
+            super().__init__(**kwargs)
+            self.factor = factor
+
+        def call(self, x):
+            return ops.multiply(x, self.factor)
+
+        def get_config(self):
+            return {**super().get_config(), "factor": self.factor}
+
+    return Scale

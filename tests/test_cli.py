@@ -109,3 +109,37 @@ def test_export_command_bad_opset(tmp_path, capsys) -> None:
     src.write_text(MODEL_FILE)
     assert main(["export", f"{src}:make", "-o", str(tmp_path / "o.onnx"), "--opset", "9"]) == 2
     assert "supported opsets are 17 to" in capsys.readouterr().err
+
+
+def test_commands_on_a_keras_file(tmp_path, capsys) -> None:
+    import onnx
+
+    import kcompile as keras
+    from kcompile import layers
+
+    model = keras.Sequential([keras.Input((6,), name="x"), layers.Dense(4, activation="relu"),
+                              layers.Dense(3, activation="softmax")], name="saved_mlp")
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    assert main(["summary", path]) == 0
+    assert 'Model: "saved_mlp"' in capsys.readouterr().out
+    assert main(["compare", path, "--batch", "3", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "parity: OK" in out and "onnxruntime" in out
+    assert main(["bench", path, "--batch", "2", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "ms cold" in out and "onnxruntime" in out
+    onnx_path = str(tmp_path / "m.onnx")
+    assert main(["export", path, "-o", onnx_path, "--training"]) == 0
+    assert "saved_mlp training step" in capsys.readouterr().out
+    assert "iterations.new" in [o.name for o in onnx.load(onnx_path).graph.output]
+
+
+def test_command_help_texts(capsys) -> None:
+    for command in ("summary", "bench", "compare", "export"):
+        with pytest.raises(SystemExit) as info:
+            main([command, "--help"])
+        assert info.value.code == 0
+        out = capsys.readouterr().out
+        assert "MODEL" in out and ".keras" in out

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
+import numpy as np
+
+from kcompile import layers as layers_module
 from kcompile import tree
 from kcompile.layers.base import CallNode, KerasTensor, Layer
 from kcompile.layers.input_layer import InputLayer
@@ -139,9 +143,297 @@ class Functional(Model):
                 values[id(t)] = v
         return tree.map_structure(lookup, self._outputs_struct)
 
+    # -- config (Keras 3's format) ---------------------------------------------------------------
+    def get_build_config(self) -> dict[str, Any]:
+        return {"input_shape": None}  # what Keras writes: the graph itself fixes the shapes
+
     def get_config(self) -> dict[str, Any]:
-        raise NotImplementedError("Functional.get_config (the model graph's config) arrives with "
-                                  "`.keras` saving; layer configs work via layer.get_config()")
+        """Keras 3's Functional config: `name`, `trainable`, `layers` (each serialized with its
+        `name` and `inbound_nodes`), `input_layers` and `output_layers` in the structure of the
+        model's inputs and outputs."""
+        own: set[int] = {id(n) for n in self._nodes}
+        for t in self.inputs:
+            node = _node_of(t)
+            if not node.is_input:
+                raise ValueError(f"Model '{self.name}': cannot write a config for a model whose "
+                                 f"input {t.name!r} is not a keras.Input tensor")
+            own.add(id(node))
+
+        def kept_index(t: KerasTensor) -> int:
+            layer, index, _ = t._keras_history
+            return sum(1 for n in layer._inbound_nodes[:index] if id(n) in own)
+
+        def io_history(t: KerasTensor) -> list[Any]:
+            layer, _, tensor_index = t._keras_history
+            # Keras numbers a nested Functional's nodes from 1 here (a leftover of Keras 2, where
+            # a Functional model owned a node of its own), but from 0 in `inbound_nodes`
+            return [layer.name, kept_index(t) + int(isinstance(layer, Functional)), tensor_index]
+
+        layer_configs = []
+        for layer in self._operations:
+            entry = layers_module.serialize(layer)
+            entry["name"] = layer.name
+            entry["inbound_nodes"] = [
+                _serialize_node(n, kept_index) for n in layer._inbound_nodes
+                if id(n) in own and not n.is_input]
+            layer_configs.append(entry)
+        return {"name": self.name, "trainable": self.trainable, "layers": layer_configs,
+                "input_layers": tree.map_structure(io_history, self._inputs_struct),
+                "output_layers": tree.map_structure(io_history, self._outputs_struct)}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], custom_objects: dict[str, Any] | None = None
+                    ) -> Functional:
+        """Rebuild the model from `get_config()` (kcompile's or real Keras 3's): the layers, then
+        every layer call in order, shared layers and nested models included. Every layer is
+        checked first; one ValueError lists all the unknown or unsupported ones."""
+        return _functional_from_config(cls, config, custom_objects)
+
+
+def is_functional_config(config: Any) -> bool:
+    return isinstance(config, dict) and all(k in config for k in ("layers", "input_layers",
+                                                                    "output_layers"))
+
+
+# -- call arguments Keras records ------------------------------------------------------------------
+def _keras_filled_kwargs(layer: Layer) -> dict[str, Any]:
+    """Call arguments Keras 3's `Layer.__call__` fills in itself (and so records in a node): a
+    `training` argument whose default is not None, and `mask=None` when `call` takes a mask. Listed
+    for kcompile's layers, whose `call` signatures differ from Keras's; read from `call` for
+    custom layers, as Keras does."""
+    from kcompile.layers.core import Dropout
+    from kcompile.layers.normalization import BatchNormalization
+    from kcompile.models.sequential import Sequential
+
+    if isinstance(layer, Functional | Sequential | BatchNormalization):
+        return {"mask": None}
+    if isinstance(layer, Dropout):
+        return {"training": False}
+    if layers_module._registry().get(type(layer).__name__) is type(layer) or \
+            type(layer).__module__.startswith("kcompile."):
+        return {}
+    try:
+        params = inspect.signature(layer.call).parameters
+    except (TypeError, ValueError):
+        return {}
+    filled: dict[str, Any] = {}
+    training = params.get("training")
+    if training is not None and training.default not in (None, inspect.Parameter.empty):
+        filled["training"] = training.default
+    mask = params.get("mask")
+    if mask is not None and mask.default is None:
+        filled["mask"] = None
+    return filled
+
+
+def _keras_fills(node: CallNode) -> bool:
+    """Whether Keras records its filled-in arguments for this call: always for a Functional model;
+    for other layers only on the fast path of one tensor of the layer's dtype and no keywords
+    (otherwise Keras records the caller's own keyword arguments)."""
+    if isinstance(node.layer, Functional):
+        return True
+    return not node.kwargs and len(node.args) == 1 and isinstance(node.args[0], KerasTensor) \
+        and node.args[0].dtype == node.layer.dtype
+
+
+def _recorded_kwargs(node: CallNode) -> dict[str, Any]:
+    kwargs = dict(node.kwargs)
+    if _keras_fills(node):
+        for key, value in _keras_filled_kwargs(node.layer).items():
+            kwargs.setdefault(key, value)
+    return kwargs
+
+
+def _caller_kwargs(layer: Layer, recorded: dict[str, Any]) -> dict[str, Any]:
+    """The inverse of `_recorded_kwargs`: what the caller passed, for calling a kcompile layer."""
+    filled = _keras_filled_kwargs(layer)
+    kwargs = dict(recorded)
+    if isinstance(layer, Functional):
+        if kwargs.get("mask", 0) is None:
+            del kwargs["mask"]
+    elif filled and kwargs == filled:
+        kwargs = {}
+    if "mask" in kwargs and kwargs["mask"] is None and not _accepts(layer, "mask"):
+        del kwargs["mask"]  # an explicit mask=None; kcompile's layers take no masks
+    return kwargs
+
+
+def _accepts(layer: Layer, argument: str) -> bool:
+    try:
+        params = inspect.signature(layer.call).parameters
+    except (TypeError, ValueError):
+        return False
+    return argument in params or any(p.kind is inspect.Parameter.VAR_KEYWORD
+                                     for p in params.values())
+
+
+# -- writing ---------------------------------------------------------------------------------------
+def _serialize_node(node: CallNode, kept_index: Any) -> dict[str, Any]:
+    layer = node.layer
+
+    def encode(x: Any) -> Any:
+        if isinstance(x, KerasTensor):
+            _, _, tensor_index = x._keras_history
+            return {"class_name": "__keras_tensor__",
+                    "config": {"shape": tuple(x.shape), "dtype": x.dtype,
+                               "keras_history": [x._keras_history[0].name, kept_index(x),
+                                                 tensor_index]}}
+        if isinstance(x, dict):
+            return {k: encode(v) for k, v in x.items()}
+        if isinstance(x, list | tuple):
+            return type(x)(encode(v) for v in x)
+        if x is None or isinstance(x, bool | int | float | str):
+            return x
+        if isinstance(x, np.generic):
+            return x.item()
+        raise TypeError(f"Layer '{layer.name}' ({type(layer).__name__}) was called with an "
+                        f"argument of type {type(x).__name__} ({x!r:.60}), which a model config "
+                        "cannot hold")
+
+    return {"args": encode(tuple(node.args)), "kwargs": encode(_recorded_kwargs(node))}
+
+
+# -- reading ---------------------------------------------------------------------------------------
+class _NotYet(Exception):
+    """A node refers to a call of a layer that has not been made yet."""
+
+
+def _functional_from_config(cls: type, config: dict[str, Any],
+                            custom_objects: dict[str, Any] | None) -> Functional:
+    if not is_functional_config(config):
+        got = sorted(config) if isinstance(config, dict) else type(config).__name__
+        raise ValueError(f"Not a Functional model config: it needs 'layers', 'input_layers' and "
+                         f"'output_layers' (got {got})")
+    model_name = config.get("name") or "functional"
+    entries = config["layers"]
+    if not isinstance(entries, list):
+        raise ValueError(f"Functional '{model_name}': 'layers' must be a list of layer configs")
+    layers_module.check_supported(entries, custom_objects)
+
+    created: dict[str, Layer] = {}
+    pending: dict[str, list[Any]] = {}
+    for entry in entries:
+        name = layers_module._entry_name(entry)
+        if name in created:
+            raise ValueError(f"Functional '{model_name}': two layers are named '{name}'")
+        created[name] = layers_module.deserialize_entry(entry, custom_objects)
+        nodes = entry.get("inbound_nodes") or []
+        if not isinstance(nodes, list):
+            raise ValueError(f"Functional '{model_name}': layer '{name}' has malformed "
+                             f"inbound_nodes {nodes!r:.80}")
+        pending[name] = list(nodes)
+    done = {name: 0 for name in created}
+
+    # Calls are made layer by layer in config order; a call whose inputs come from a call not made
+    # yet waits for a later sweep (a layer shared at several depths), as Keras does.
+    while any(pending.values()):
+        progress = False
+        for name, nodes in pending.items():
+            layer = created[name]
+            while nodes:
+                try:
+                    args, kwargs = _decode_node(nodes[0], created, model_name, name)
+                except _NotYet:
+                    break
+                kwargs = _caller_kwargs(layer, kwargs)
+                try:
+                    layer(*args, **kwargs)
+                except (ValueError, TypeError) as err:
+                    raise type(err)(f"Functional '{model_name}': calling layer '{name}' "
+                                    f"({type(layer).__name__}), inbound node {done[name]}: "
+                                    f"{err}") from err
+                nodes.pop(0)
+                done[name] += 1
+                progress = True
+        if not progress:
+            stuck = [f"'{n}' (node {done[n]})" for n, nodes in pending.items() if nodes]
+            raise ValueError(f"Functional '{model_name}': the graph has a cycle or refers to layer "
+                             f"calls that do not exist; cannot make the calls of {', '.join(stuck)}")
+
+    def io_tensor(history: list[Any]) -> KerasTensor:
+        lname, node_index, tensor_index = history
+        if lname not in created:
+            raise ValueError(f"Functional '{model_name}': inputs/outputs refer to unknown layer "
+                             f"'{lname}'")
+        layer = created[lname]
+        node_index = int(node_index) - int(isinstance(layer, Functional))
+        return _output_of(layer, node_index, int(tensor_index), model_name)
+
+    def map_io(structure: Any) -> Any:
+        if isinstance(structure, list | tuple) and len(structure) == 3 and \
+                isinstance(structure[0], str):
+            return io_tensor(list(structure))
+        if isinstance(structure, dict):
+            return {k: map_io(v) for k, v in structure.items()}
+        if isinstance(structure, list | tuple):
+            return type(structure)(map_io(v) for v in structure)
+        raise ValueError(f"Functional '{model_name}': malformed input_layers/output_layers entry "
+                         f"{structure!r:.80}")
+
+    inputs = map_io(config["input_layers"])
+    outputs = map_io(config["output_layers"])
+    trainable = config.get("trainable")
+    target = cls if isinstance(cls, type) and issubclass(cls, Functional) else Functional
+    return target(inputs=inputs, outputs=outputs, name=config.get("name"),
+                  trainable=True if trainable is None else bool(trainable))
+
+
+def _output_of(layer: Layer, node_index: int, tensor_index: int, model_name: str) -> KerasTensor:
+    if not 0 <= node_index < len(layer._inbound_nodes):
+        raise ValueError(f"Functional '{model_name}': layer '{layer.name}' has no call number "
+                         f"{node_index}")
+    outs = layer._inbound_nodes[node_index].output_tensors
+    if not 0 <= tensor_index < len(outs):
+        raise ValueError(f"Functional '{model_name}': call {node_index} of layer '{layer.name}' has "
+                         f"{len(outs)} output(s), not an output {tensor_index}")
+    return outs[tensor_index]
+
+
+def _decode_node(node_data: Any, created: dict[str, Layer], model_name: str, layer_name: str
+                 ) -> tuple[list[Any], dict[str, Any]]:
+    """(args, kwargs) of one recorded call; raises `_NotYet` when an input's call is not made."""
+    where = f"Functional '{model_name}': layer '{layer_name}'"
+
+    def tensor(history: Any) -> KerasTensor:
+        if not (isinstance(history, list | tuple) and len(history) == 3
+                and isinstance(history[0], str)):
+            raise ValueError(f"{where}: malformed keras_history {history!r:.80}")
+        lname, node_index, tensor_index = history
+        if lname not in created:
+            raise ValueError(f"{where}: an input comes from unknown layer '{lname}'")
+        if int(node_index) >= len(created[lname]._inbound_nodes):
+            raise _NotYet
+        return _output_of(created[lname], int(node_index), int(tensor_index), model_name)
+
+    if isinstance(node_data, list):  # the legacy form: [[layer, node, tensor, kwargs?], ...]
+        tensors, kwargs = [], {}
+        for item in node_data:
+            if not isinstance(item, list | tuple) or len(item) not in (3, 4):
+                raise ValueError(f"{where}: malformed inbound node {node_data!r:.80}")
+            tensors.append(tensor(item[:3]))
+            if len(item) == 4:
+                kwargs = dict(item[3] or {})
+        return [tensors[0] if len(tensors) == 1 else tensors], kwargs
+    if not isinstance(node_data, dict):
+        raise ValueError(f"{where}: malformed inbound node {node_data!r:.80}")
+
+    def decode(x: Any) -> Any:
+        if isinstance(x, dict):
+            if x.get("class_name") == "__keras_tensor__":
+                return tensor((x.get("config") or {}).get("keras_history"))
+            if "class_name" in x and "config" in x:
+                raise ValueError(f"{where}: cannot read the call argument {x['class_name']!r} "
+                                 "(only tensors and plain Python values are supported)")
+            return {k: decode(v) for k, v in x.items()}
+        if isinstance(x, list | tuple):
+            return type(x)(decode(v) for v in x)
+        return x
+
+    args = decode(node_data.get("args", []))
+    kwargs = decode(node_data.get("kwargs") or {})
+    if not isinstance(args, list | tuple) or not isinstance(kwargs, dict):
+        raise ValueError(f"{where}: malformed inbound node {node_data!r:.80}")
+    return list(args), kwargs
 
 
 def _functional_name() -> str:

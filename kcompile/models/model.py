@@ -382,3 +382,14 @@ class Model(Layer):
 
     def get_config(self) -> dict[str, Any]:
         return {"name": self.name, "trainable": self.trainable}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], custom_objects: dict[str, Any] | None = None
+                    ) -> Model:
+        """A Functional model's config (`layers`, `input_layers`, `output_layers`) rebuilds the
+        graph, as `keras.Model.from_config` does; other configs go to the constructor."""
+        from kcompile.models.functional import Functional, is_functional_config
+
+        if is_functional_config(config):
+            return Functional.from_config(config, custom_objects=custom_objects)
+        return cls(**config)

@@ -130,12 +130,31 @@ class Sequential(Model):
             config["build_input_shape"] = self._input_layer.batch_shape
         return config
 
+    def get_build_config(self) -> dict[str, Any] | None:
+        if self._input_layer is None:
+            return None
+        return {"input_shape": self._input_layer.batch_shape}
+
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> Sequential:
-        model = cls(name=config.get("name"), trainable=config.get("trainable", True))
-        for entry in config["layers"]:
+    def from_config(cls, config: dict[str, Any], custom_objects: dict[str, Any] | None = None
+                    ) -> Sequential:
+        """Rebuild from `get_config()` (kcompile's or real Keras 3's); nested models included.
+        Every layer is checked first: one ValueError lists all the unknown or unsupported ones."""
+        entries = config.get("layers")
+        name = config.get("name") or "sequential"
+        if not isinstance(entries, list):
+            raise ValueError(f"Sequential '{name}': the config needs a 'layers' list")
+        layers_module.check_supported(entries, custom_objects)
+        trainable = config.get("trainable")
+        model = cls(name=config.get("name"), trainable=True if trainable is None else trainable)
+        for entry in entries:
             entry = {k: v for k, v in entry.items() if k != "build_config"}
-            model.add(layers_module.deserialize(entry))
+            layer = layers_module.deserialize_entry(entry, custom_objects)
+            try:
+                model.add(layer)
+            except (ValueError, TypeError) as err:
+                raise type(err)(f"Sequential '{name}': adding layer '{layer.name}' "
+                                f"({type(layer).__name__}): {err}") from err
         if model._input_layer is None and config.get("build_input_shape"):
             model.build(config["build_input_shape"])
         return model

@@ -196,7 +196,7 @@ def load_model(filepath: Any, custom_objects: dict[str, Any] | None = None, comp
         from kcompile.saving.optimizer_state import compile_from_config
 
         try:
-            compile_from_config(model, compile_config)
+            compile_from_config(model, compile_config, custom_objects)
         except (ValueError, TypeError) as err:
             raise type(err)(f"{where}: compile_config: {err}") from err
     with _open_h5(weights, where) as h5:

@@ -241,7 +241,21 @@ def _pack_panel(kb: KernelBuilder, plan: GemmPlan, b_base: ir.Value, buf: ir.Val
                 kb.vstore(val, buf, b.add(b.mul(k, kb.i64(width)), kb.i64(v * vw)))
         return
     cols = kb.min_i64(kb.i64(width), b.sub(kb.i64(plan.n), col0))
-    with kb.loop(kb.i64(0), cols, 1, "pj") as j:
+    # whole vw x vw tiles: vw column runs loaded along K, transposed in registers, stored as rows
+    full_cols = b.mul(b.sdiv(cols, kb.i64(vw)), kb.i64(vw))
+    kc_vec = b.mul(b.sdiv(kc, kb.i64(vw)), kb.i64(vw))
+    with kb.loop(kb.i64(0), full_cols, vw, "pjv") as j0:
+        srcs = [kb.gep(b_base, b.add(b.mul(b.add(col0, b.add(j0, kb.i64(jj))), kdim), k0))
+                for jj in range(vw)]
+        with kb.loop(kb.i64(0), kc_vec, vw, "pkv") as k:
+            rows = transpose_tile(kb, [kb.vload(src, k) for src in srcs])
+            for kk, row in enumerate(rows):
+                kb.vstore(row, buf, b.add(b.mul(b.add(k, kb.i64(kk)), kb.i64(width)), j0))
+        with kb.loop(kc_vec, kc, 1, "pkt") as k:  # the K tail of these columns
+            for jj in range(vw):
+                kb.store(kb.load(srcs[jj], k), buf,
+                         b.add(b.mul(k, kb.i64(width)), b.add(j0, kb.i64(jj))))
+    with kb.loop(full_cols, cols, 1, "pj") as j:  # the last cols % vw columns, scalar
         src = kb.gep(b_base, b.add(b.mul(b.add(col0, j), kdim), k0))
         with kb.loop(kb.i64(0), kc, 1, "pk") as k:
             kb.store(kb.load(src, k), buf, b.add(b.mul(k, kb.i64(width)), j))
@@ -249,6 +263,26 @@ def _pack_panel(kb: KernelBuilder, plan: GemmPlan, b_base: ir.Value, buf: ir.Val
         with kb.loop(cols, kb.i64(width), 1, "pz") as j:
             with kb.loop(kb.i64(0), kc, 1, "pk") as k:
                 kb.store(ir.Constant(ir.FloatType(), 0.0), buf, b.add(b.mul(k, kb.i64(width)), j))
+
+
+def transpose_tile(kb: KernelBuilder, vectors: list[ir.Value]) -> list[ir.Value]:
+    """The transpose of an n x n tile held as n vectors of n lanes (n a power of two): log2(n)
+    stages, each swapping one bit of the (vector, lane) index with two shuffles per pair."""
+    n = len(vectors)
+    vs = list(vectors)
+    bit = 1
+    while bit < n:
+        lo_mask = [k if not k & bit else n + k - bit for k in range(n)]
+        hi_mask = [k + bit if not k & bit else n + k for k in range(n)]
+        for j in range(n):
+            if j & bit:
+                continue
+            a, c = vs[j], vs[j | bit]
+            vs[j] = kb.b.shuffle_vector(a, c, ir.Constant(ir.VectorType(ir.IntType(32), n), lo_mask))
+            vs[j | bit] = kb.b.shuffle_vector(a, c, ir.Constant(ir.VectorType(ir.IntType(32), n),
+                                                                 hi_mask))
+        bit *= 2
+    return vs
 
 
 def _micro_kernel(ctx: KernelContext, node: Node, plan: GemmPlan, program: tuple, rows: int,

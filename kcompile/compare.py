@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from kcompile.models.executor import CompiledExecutor
-from kcompile.models.lowering import execute, prepare_inputs
+from kcompile.models.lowering import execute, fill_free_dims, prepare_inputs
 
 
 @dataclass
@@ -97,6 +97,7 @@ def compare(model: Any, x: Any, *, repeats: int = 10, print_report: bool = True,
         raise ValueError(f"compare: repeats must be a positive int, got {repeats!r}")
     sigs, structure = model.input_signature(x)
     arrays = prepare_inputs(model.name, sigs, x)
+    sigs = fill_free_dims(sigs, arrays)
     lowered = model._lowered_for(sigs, structure, False)
     from kcompile.codegen.llvm.compiler import compile_graph
 

@@ -190,7 +190,8 @@ _ALIASES = {"zeros": Zeros, "ones": Ones, "constant": Constant, "random_uniform"
             "random_normal": RandomNormal, "truncated_normal": TruncatedNormal,
             "variance_scaling": VarianceScaling, "glorot_uniform": GlorotUniform,
             "glorot_normal": GlorotNormal, "he_uniform": HeUniform, "he_normal": HeNormal,
-            "lecun_uniform": LecunUniform, "lecun_normal": LecunNormal, "orthogonal": Orthogonal}
+            "lecun_uniform": LecunUniform, "lecun_normal": LecunNormal, "orthogonal": Orthogonal,
+            "uniform": RandomUniform, "normal": RandomNormal}
 
 
 def get(identifier: Any) -> Initializer:

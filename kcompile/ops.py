@@ -200,6 +200,28 @@ def concatenate(xs: Sequence[TensorLike], axis: int = 0) -> TensorLike:
     return apply("concat", list(xs), axis=int(axis))
 
 
+def pad(x: TensorLike, pad_width: Sequence[Sequence[int]], mode: str = "constant",
+        constant_values: Any = None) -> TensorLike:
+    """Zero padding (Keras's `pad` with mode='constant'); one `pad` op per padded axis."""
+    if mode != "constant" or constant_values not in (None, 0, 0.0):
+        raise NotImplementedError("pad: only mode='constant' with zeros is supported yet")
+    widths = [tuple(int(v) for v in w) for w in pad_width]
+    if len(widths) != len(x.shape) or any(len(w) != 2 or min(w) < 0 for w in widths):
+        raise ValueError(f"pad: pad_width {pad_width!r} must be one (before, after) pair of "
+                         f"non-negative ints per axis of shape {format_shape(tuple(x.shape))}")
+    for axis, (before, after) in enumerate(widths):
+        if before or after:
+            x = apply("pad", [x], axis=axis, before=before, after=after)
+    return x
+
+
+def take(x: TensorLike, indices: TensorLike, axis: int | None = None) -> TensorLike:
+    """Rows of `x` (axis=0) by integer index; an index outside [0, len(x)) is an error."""
+    if axis is None or axis not in (0, -len(x.shape)):
+        raise NotImplementedError(f"take: only axis=0 is supported yet, got axis={axis!r}")
+    return apply("gather", [x, indices])
+
+
 # --- convolution and pooling ----------------------------------------------------------------------
 def _pair(v: int | Sequence[int], what: str) -> tuple[int, int]:
     t = (int(v), int(v)) if isinstance(v, int | np.integer) else tuple(int(i) for i in v)
@@ -214,30 +236,62 @@ def _channels_last(data_format: str | None) -> None:
                          "channels_last (NHWC)")
 
 
+def _single(v: int | Sequence[int], what: str) -> int:
+    t = (int(v),) if isinstance(v, int | np.integer) else tuple(int(i) for i in v)
+    if len(t) != 1 or t[0] < 1:
+        raise ValueError(f"{what} must be a positive int or a tuple of one, got {v!r}")
+    return t[0]
+
+
+def _as_rows(x: TensorLike) -> TensorLike:
+    """(N, L, C) -> (N, 1, L, C): 1-D convolution and pooling run as their 2-D ops on one row."""
+    if len(x.shape) != 3:
+        raise ValueError(f"expected a 3-D (batch, steps, channels) input, got shape "
+                         f"{format_shape(tuple(x.shape))}")
+    return reshape(x, (-1, 1, *x.shape[1:]))
+
+
+def _from_rows(y: TensorLike) -> TensorLike:
+    return reshape(y, (-1, *y.shape[2:]))
+
+
 def conv(inputs: TensorLike, kernel: TensorLike, strides: int | Sequence[int] = 1,
          padding: str = "valid", data_format: str | None = None,
          dilation_rate: int | Sequence[int] = 1) -> TensorLike:
+    """2-D (NHWC, HWIO kernel) or, for a rank-3 input, 1-D (NLC, kernel (k, in, out))."""
     _channels_last(data_format)
+    if len(inputs.shape) == 3:
+        y = apply("conv2d", [_as_rows(inputs), reshape(kernel, (1, *kernel.shape))],
+                  strides=(1, _single(strides, "strides")), padding=str(padding).lower(),
+                  dilation=(1, _single(dilation_rate, "dilation_rate")))
+        return _from_rows(y)
     return apply("conv2d", [inputs, kernel], strides=_pair(strides, "strides"),
                  padding=str(padding).lower(), dilation=_pair(dilation_rate, "dilation_rate"))
+
+
+def _pool(op: str, inputs: TensorLike, pool_size: Any, strides: Any, padding: str) -> TensorLike:
+    """2-D pooling, or 1-D for a rank-3 (batch, steps, channels) input."""
+    if len(inputs.shape) == 3:
+        pool = (1, _single(pool_size, "pool_size"))
+        step = pool if strides is None else (1, _single(strides, "strides"))
+        return _from_rows(apply(op, [_as_rows(inputs)], pool_size=pool, strides=step,
+                                padding=str(padding).lower()))
+    pool = _pair(pool_size, "pool_size")
+    return apply(op, [inputs], pool_size=pool,
+                 strides=pool if strides is None else _pair(strides, "strides"),
+                 padding=str(padding).lower())
 
 
 def max_pool(inputs: TensorLike, pool_size: int | Sequence[int], strides: Any = None,
              padding: str = "valid", data_format: str | None = None) -> TensorLike:
     _channels_last(data_format)
-    pool = _pair(pool_size, "pool_size")
-    return apply("max_pool2d", [inputs], pool_size=pool,
-                 strides=pool if strides is None else _pair(strides, "strides"),
-                 padding=str(padding).lower())
+    return _pool("max_pool2d", inputs, pool_size, strides, padding)
 
 
 def average_pool(inputs: TensorLike, pool_size: int | Sequence[int], strides: Any = None,
                  padding: str = "valid", data_format: str | None = None) -> TensorLike:
     _channels_last(data_format)
-    pool = _pair(pool_size, "pool_size")
-    return apply("avg_pool2d", [inputs], pool_size=pool,
-                 strides=pool if strides is None else _pair(strides, "strides"),
-                 padding=str(padding).lower())
+    return _pool("avg_pool2d", inputs, pool_size, strides, padding)
 
 
 # --- reductions and normalization -----------------------------------------------------------------
@@ -257,6 +311,41 @@ def mean(x: TensorLike, axis: Any = None, keepdims: bool = False) -> TensorLike:
 
 def max(x: TensorLike, axis: Any = None, keepdims: bool = False) -> TensorLike:  # noqa: A001
     return apply("max", [x], axes=_axes(axis), keepdims=bool(keepdims))
+
+
+def rsqrt(x: TensorLike) -> TensorLike:
+    return divide(1.0, sqrt(x))
+
+
+def moments(x: TensorLike, axes: Any, keepdims: bool = False) -> tuple[TensorLike, TensorLike]:
+    """Mean and (biased) variance over `axes`."""
+    mu = mean(x, axis=axes, keepdims=True)
+    var = mean(square(subtract(x, mu)), axis=axes, keepdims=keepdims)
+    return (mu if keepdims else mean(x, axis=axes)), var
+
+
+def layer_normalization(x: TensorLike, gamma: TensorLike = None, beta: TensorLike = None,
+                        axis: int | Sequence[int] = -1, epsilon: float = 1e-3,
+                        rms_scaling: bool = False) -> TensorLike:
+    """(x - mean) / sqrt(var + eps) * gamma + beta over `axis` (gamma/beta shaped like those axes);
+    with `rms_scaling` (Keras's deprecated form) x / sqrt(var + eps) * gamma."""
+    rank = len(x.shape)
+    axes = sorted({a % rank for a in ((axis,) if isinstance(axis, int | np.integer) else axis)})
+    shape = tuple(x.shape[i] if i in axes else 1 for i in range(rank))
+
+    def broadcast(v: TensorLike) -> TensorLike:
+        return v if tuple(v.shape) == shape[-len(v.shape):] and axes[0] == rank - len(v.shape) \
+            else reshape(v, shape)
+
+    mu = mean(x, axis=axes, keepdims=True)
+    centered = subtract(x, mu)
+    inv = rsqrt(add(mean(square(centered), axis=axes, keepdims=True), float(epsilon)))
+    out = multiply(x if rms_scaling else centered, inv)
+    if gamma is not None:
+        out = multiply(out, broadcast(gamma))
+    if beta is not None and not rms_scaling:
+        out = add(out, broadcast(beta))
+    return out
 
 
 def batch_normalization(x: TensorLike, mean: TensorLike, variance: TensorLike, axis: int,

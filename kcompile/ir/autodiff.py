@@ -2,7 +2,9 @@
 
 Each op's `vjp(e, inputs, output, cotangent, **attrs)` returns one cotangent per input (None where no
 gradient flows) written with `Emitter`, so the backward graph runs on every executor -- NumPy, LLVM
-and ONNX -- with no special cases. Only nodes on a path from `wrt` to `y` are visited.
+and ONNX -- with no special cases. An op with several outputs (an RNN: sequence and final states)
+gets lists of outputs and cotangents, None for the outputs nothing reads. Only nodes on a path from
+`wrt` to `y` are visited.
 """
 
 from __future__ import annotations
@@ -32,16 +34,16 @@ def grad(graph: Graph, y: Value, wrt: Sequence[Value], seed: Value | None = None
             active.append(node)
     cotangents: dict[Value, Value] = {y: seed}
     for node in reversed(active):
-        if len(node.outputs) != 1:
-            raise NotImplementedError(f"grad: op {node.op!r} has {len(node.outputs)} outputs")
-        g = cotangents.get(node.outputs[0])
-        if g is None:
+        outs = [cotangents.get(v) for v in node.outputs]
+        if all(gv is None for gv in outs):
             continue
+        g = outs[0] if len(outs) == 1 else outs
         opdef = get_op(node.op)
         if opdef.vjp is None:
             raise NotImplementedError(f"op {node.op!r} ({node.label or 'no layer'}) has no gradient")
         e.label = f"{node.label}/grad" if node.label else "grad"
-        grads = opdef.vjp(e, node.inputs, node.outputs[0], g, **node.attrs)
+        out = node.outputs[0] if len(node.outputs) == 1 else list(node.outputs)
+        grads = opdef.vjp(e, node.inputs, out, g, **node.attrs)
         if len(grads) != len(node.inputs):
             raise AssertionError(f"vjp of {node.op!r} returned {len(grads)} cotangents for "
                                  f"{len(node.inputs)} inputs")

@@ -24,6 +24,10 @@ class Emitter:
     def op(self, name: str, *inputs: Value, **attrs: Any) -> Value:
         return self.graph.add_node(name, list(inputs), attrs, self.label)[0]
 
+    def ops(self, name: str, *inputs: Value, **attrs: Any) -> list[Value]:
+        """Every output of an op with several (an RNN's gradient)."""
+        return self.graph.add_node(name, list(inputs), attrs, self.label)
+
     def const(self, value: Any, dtype: str = "float32") -> Value:
         arr = np.asarray(value, dtype=dtype)
         key = (arr.dtype.name, arr.shape, arr.tobytes())

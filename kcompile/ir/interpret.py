@@ -12,6 +12,7 @@ import numpy as np
 
 from kcompile.ir.core import Graph, Value, format_shape
 from kcompile.ir.opdef import get_op
+from kcompile.ir.ops.gather import IndexOutOfRangeError, index_out_of_range
 
 
 def check_arrays(values: Sequence[Value], arrays: Sequence[np.ndarray], what: str) -> int | None:
@@ -50,7 +51,12 @@ def run(graph: Graph, inputs: Sequence[np.ndarray], params: Sequence[np.ndarray]
     keep = set(graph.outputs) | set(graph.inputs) | set(graph.params)
     for i, node in enumerate(graph.nodes):
         opdef = get_op(node.op)
-        results = opdef.run_ref([env[v] for v in node.inputs], node.attrs)
+        try:
+            results = opdef.run_ref([env[v] for v in node.inputs], node.attrs)
+        except IndexOutOfRangeError as err:  # name the layer, as the compiled code does
+            if node.label is None or err.index is None or err.where is not None:
+                raise
+            raise index_out_of_range(err.index, err.rows, node.label) from None
         for value, arr in zip(node.outputs, results, strict=True):
             arr = np.asarray(arr)
             if arr.dtype.name != value.dtype:

@@ -5,22 +5,34 @@ from collections.abc import Sequence
 from typing import Any
 
 from kcompile.layers.base import InputSpec, KerasTensor, Layer
-from kcompile.layers.conv import Conv2D
+from kcompile.layers.conv import Conv1D, Conv2D
 from kcompile.layers.core import Activation, Dense, Dropout, Flatten, Reshape
+from kcompile.layers.embedding import Embedding
 from kcompile.layers.input_layer import Input, InputLayer
 from kcompile.layers.merge import Add, Concatenate
-from kcompile.layers.normalization import BatchNormalization
+from kcompile.layers.normalization import BatchNormalization, LayerNormalization
 from kcompile.layers.pooling import (
+    AveragePooling1D,
     AveragePooling2D,
+    AvgPool1D,
     AvgPool2D,
+    GlobalAveragePooling1D,
     GlobalAveragePooling2D,
+    GlobalAvgPool1D,
     GlobalAvgPool2D,
+    GlobalMaxPool1D,
     GlobalMaxPool2D,
+    GlobalMaxPooling1D,
     GlobalMaxPooling2D,
+    MaxPool1D,
     MaxPool2D,
+    MaxPooling1D,
     MaxPooling2D,
 )
+from kcompile.layers.recurrent import GRU, LSTM, SimpleRNN
+from kcompile.layers.wrappers import TimeDistributed
 
+Convolution1D = Conv1D
 Convolution2D = Conv2D
 
 __all__ = [
@@ -28,6 +40,12 @@ __all__ = [
     "Conv2D", "Convolution2D", "Dense", "Dropout", "Flatten", "GlobalAveragePooling2D",
     "GlobalAvgPool2D", "GlobalMaxPool2D", "GlobalMaxPooling2D", "Input", "InputLayer", "InputSpec",
     "KerasTensor", "Layer", "MaxPool2D", "MaxPooling2D", "Reshape",
+]
+__all__ += ["GRU", "LSTM", "SimpleRNN"]
+__all__ += [
+    "AveragePooling1D", "AvgPool1D", "Conv1D", "Convolution1D", "Embedding", "GlobalAveragePooling1D",
+    "GlobalAvgPool1D", "GlobalMaxPool1D", "GlobalMaxPooling1D", "LayerNormalization", "MaxPool1D",
+    "MaxPooling1D", "TimeDistributed",
 ]
 
 
@@ -106,6 +124,8 @@ def _entry_problems(entry: Any, custom_objects: dict[str, Any] | None, path: str
     if issubclass(cls, Model) and isinstance(config.get("layers"), list):
         for sub in config["layers"]:
             problems += _entry_problems(sub, custom_objects, f"{path}{_entry_name(entry)}/")
+    if isinstance(config.get("layer"), dict):  # a wrapper's layer (TimeDistributed)
+        problems += _entry_problems(config["layer"], custom_objects, f"{path}{_entry_name(entry)}/")
     return problems
 
 
@@ -157,7 +177,8 @@ def deserialize_entry(entry: dict[str, Any], custom_objects: dict[str, Any] | No
 
 # Keras builds these at construction (they have no weights), so its configs give them no build_config
 _BUILT_AT_INIT = (Activation, AveragePooling2D, Dropout, GlobalAveragePooling2D, GlobalMaxPooling2D,
-                  InputLayer, MaxPooling2D, Reshape)
+                  InputLayer, MaxPooling2D, Reshape, AveragePooling1D, GlobalAveragePooling1D,
+                  GlobalMaxPooling1D, MaxPooling1D)
 
 
 def _module_and_registered_name(cls: type) -> tuple[str | None, str | None]:

@@ -1,4 +1,5 @@
-"""BatchNormalization (Keras semantics: momentum 0.99, epsilon 1e-3, biased batch variance)."""
+"""BatchNormalization (Keras semantics: momentum 0.99, epsilon 1e-3, biased batch variance) and
+LayerNormalization (per-sample statistics over `axis`, epsilon 1e-3)."""
 
 from __future__ import annotations
 
@@ -104,6 +105,69 @@ class BatchNormalization(Layer):
                 "beta_regularizer": None, "gamma_regularizer": None, "beta_constraint": None,
                 "gamma_constraint": None, "synchronized": self.synchronized, "renorm": False,
                 "renorm_clipping": None, "renorm_momentum": 0.99}
+
+
+class LayerNormalization(Layer):
+    """(x - mean) / sqrt(var + epsilon) * gamma + beta, statistics over `axis` of each sample.
+
+    Weights, in Keras's order: gamma (if scale), beta (if center), shaped like the normalized axes.
+    """
+
+    def __init__(self, axis: int | list[int] = -1, epsilon: float = 1e-3, center: bool = True,
+                 scale: bool = True, beta_initializer: Any = "zeros", gamma_initializer: Any = "ones",
+                 beta_regularizer: Any = None, gamma_regularizer: Any = None,
+                 beta_constraint: Any = None, gamma_constraint: Any = None, **kwargs: Any) -> None:
+        rms_scaling = kwargs.pop("rms_scaling", False)  # Keras's deprecated variant, kept in configs
+        super().__init__(**kwargs)
+        where = f"LayerNormalization '{self.name}'"
+        unsupported(where, beta_regularizer=beta_regularizer, gamma_regularizer=gamma_regularizer,
+                    beta_constraint=beta_constraint, gamma_constraint=gamma_constraint)
+        if isinstance(axis, list | tuple) and axis and \
+                all(isinstance(a, int) and not isinstance(a, bool) for a in axis):
+            self.axis: int | list[int] = list(axis)
+        elif isinstance(axis, int) and not isinstance(axis, bool):
+            self.axis = axis
+        else:
+            raise TypeError(f"{where}: Expected an int or a list/tuple of ints for the argument "
+                            f"'axis', but received: {axis!r}")
+        self.epsilon = float(epsilon)
+        self.center = bool(center)
+        self.scale = bool(scale)
+        self.rms_scaling = bool(rms_scaling)
+        self.beta_initializer = initializers.get(beta_initializer)
+        self.gamma_initializer = initializers.get(gamma_initializer)
+        self.gamma = self.beta = None
+
+    def build(self, input_shape: tuple) -> None:
+        rank = len(input_shape)
+        axes = self.axis if isinstance(self.axis, list) else [self.axis]
+        if any(not -rank <= a < rank for a in axes) or len({a % rank for a in axes}) != len(axes):
+            raise ValueError(f"LayerNormalization '{self.name}': axis {self.axis} is invalid for "
+                             f"input shape {format_shape(input_shape)}")
+        self.axis = sorted(axes)
+        shape = tuple(input_shape[a] for a in self.axis)
+        if None in shape or 0 in [a % rank for a in self.axis]:
+            raise ValueError(f"LayerNormalization '{self.name}': the normalized axes {self.axis} "
+                             f"of input shape {format_shape(input_shape)} must be known non-batch "
+                             "dims")
+        if self.scale or self.rms_scaling:
+            self.gamma = self.add_weight(shape, self.gamma_initializer, name="gamma")
+        if self.center and not self.rms_scaling:
+            self.beta = self.add_weight(shape, self.beta_initializer, name="beta")
+        self.input_spec = InputSpec(ndim=rank, axes=dict(zip(self.axis, shape, strict=True)))
+        self.built = True
+
+    def call(self, inputs: Any) -> Any:
+        return ops.layer_normalization(inputs, self.gamma, self.beta, self.axis, self.epsilon,
+                                       rms_scaling=self.rms_scaling)
+
+    def get_config(self) -> dict[str, Any]:
+        ser = initializers.serialize_initializer
+        return {**super().get_config(), "axis": self.axis, "epsilon": self.epsilon,
+                "center": self.center, "scale": self.scale, "rms_scaling": self.rms_scaling,
+                "beta_initializer": ser(self.beta_initializer),
+                "gamma_initializer": ser(self.gamma_initializer), "beta_regularizer": None,
+                "gamma_regularizer": None, "beta_constraint": None, "gamma_constraint": None}
 
 
 def _broadcast(stat: Any, axis: int, like: Any) -> Any:

@@ -1,4 +1,4 @@
-"""Pooling layers: Max/AveragePooling2D and the global 2-D poolings."""
+"""Pooling layers: Max/AveragePooling1D/2D and the global 1-D/2-D poolings."""
 
 from __future__ import annotations
 
@@ -63,6 +63,53 @@ class GlobalMaxPooling2D(_GlobalPooling2D):
     _op = staticmethod(ops.max)
 
 
+class _Pooling1D(_Pooling2D):
+    """(batch, steps, channels); run as the 2-D pool on one row."""
+
+    def __init__(self, pool_size: Any = 2, strides: Any = None, padding: str = "valid",
+                 data_format: str | None = None, name: str | None = None, **kwargs: Any) -> None:
+        Layer.__init__(self, name=name, **kwargs)
+        where = f"{type(self).__name__} '{self.name}'"
+        self.pool_size = int_tuple(pool_size, 1, "pool_size", where)
+        self.strides = self.pool_size if strides is None else int_tuple(strides, 1, "strides", where)
+        self.padding = padding_mode(padding, where)
+        self.data_format = channels_last(data_format, where)
+        self.input_spec = InputSpec(ndim=3)
+
+
+class MaxPooling1D(_Pooling1D):
+    _op = staticmethod(ops.max_pool)
+
+
+class AveragePooling1D(_Pooling1D):
+    _op = staticmethod(ops.average_pool)
+
+
+class _GlobalPooling1D(_GlobalPooling2D):
+    def __init__(self, data_format: str | None = None, keepdims: bool = False,
+                 **kwargs: Any) -> None:
+        super().__init__(data_format=data_format, keepdims=keepdims, **kwargs)
+        self.input_spec = InputSpec(ndim=3)
+
+    def call(self, inputs: Any, mask: Any = None) -> Any:
+        if mask is not None:
+            raise NotImplementedError(f"{type(self).__name__} '{self.name}': masks are not "
+                                      "supported yet")
+        return type(self)._op(inputs, axis=1, keepdims=self.keepdims)
+
+
+class GlobalAveragePooling1D(_GlobalPooling1D):
+    _op = staticmethod(ops.mean)
+
+
+class GlobalMaxPooling1D(_GlobalPooling1D):
+    _op = staticmethod(ops.max)
+
+
+MaxPool1D = MaxPooling1D
+AvgPool1D = AveragePooling1D
+GlobalAvgPool1D = GlobalAveragePooling1D
+GlobalMaxPool1D = GlobalMaxPooling1D
 MaxPool2D = MaxPooling2D
 AvgPool2D = AveragePooling2D
 GlobalAvgPool2D = GlobalAveragePooling2D

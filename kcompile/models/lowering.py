@@ -109,14 +109,23 @@ def prepare_inputs(model_name: str, sigs: Sequence[InputSig], x: Any) -> list[np
         if any(d is not None and d != s for d, s in zip(sig.shape, arr.shape, strict=True)):
             raise ValueError(f"{where} is incompatible: expected shape {format_shape(sig.shape)}, "
                              f"got {format_shape(arr.shape)}")
-        for d, s in zip(sig.shape, arr.shape, strict=True):
-            if d is None:
-                if batch is not None and s != batch:
-                    raise ValueError(f"{where}: batch size {s} differs from the other inputs' "
-                                     f"{batch}")
-                batch = s
+        if sig.shape and sig.shape[0] is None:  # other None dims are free (fill_free_dims)
+            if batch is not None and arr.shape[0] != batch:
+                raise ValueError(f"{where}: batch size {arr.shape[0]} differs from the other "
+                                 f"inputs' {batch}")
+            batch = arr.shape[0]
         arrays.append(np.ascontiguousarray(arr, dtype=sig.dtype))
     return arrays
+
+
+def fill_free_dims(sigs: Sequence[InputSig], arrays: Sequence[np.ndarray]) -> list[InputSig]:
+    """The signatures with every non-batch dim an Input left as None (a variable sequence length)
+    set from the data: the IR's one symbolic dim is the batch, so each length is traced (and
+    compiled) once, as one more input signature."""
+    return [s if None not in s.shape[1:] else
+            InputSig(s.name, (s.shape[0], *(a.shape[k] if d is None else d
+                                           for k, d in enumerate(s.shape) if k > 0)), s.dtype)
+            for s, a in zip(sigs, arrays, strict=True)]
 
 
 def execute(lowered: Lowered, inputs: list[np.ndarray], rng_key: np.ndarray | None = None

@@ -11,7 +11,14 @@ import numpy as np
 from kcompile import random_state, tree
 from kcompile.layers.base import KerasTensor, Layer
 from kcompile.models.executor import CompiledExecutor, build_executor
-from kcompile.models.lowering import InputSig, Lowered, execute, lower, prepare_inputs
+from kcompile.models.lowering import (
+    InputSig,
+    Lowered,
+    execute,
+    fill_free_dims,
+    lower,
+    prepare_inputs,
+)
 from kcompile.tracing import Tracer, current_builder
 
 
@@ -176,6 +183,7 @@ class Model(Layer):
     def _run(self, x: Any, training: bool = False) -> Any:
         sigs, structure = self.input_signature(x)
         arrays = prepare_inputs(self.name, sigs, x)
+        sigs = fill_free_dims(sigs, arrays)
         return self._run_arrays(sigs, structure, arrays, training)
 
     def _run_arrays(self, sigs: list[InputSig], structure: Any, arrays: list[np.ndarray],
@@ -209,6 +217,7 @@ class Model(Layer):
             raise ValueError(f"predict: batch_size must be a positive int, got {batch_size!r}")
         sigs, structure = self.input_signature(x)
         arrays = prepare_inputs(self.name, sigs, x)
+        sigs = fill_free_dims(sigs, arrays)
         n = arrays[0].shape[0] if arrays and arrays[0].ndim else 0
         if not all(s.shape and s.shape[0] is None for s in sigs):
             return self._run_arrays(sigs, structure, arrays, False)
@@ -277,12 +286,13 @@ class Model(Layer):
             raise RuntimeError(f"Model '{self.name}': call compile(optimizer, loss) before {what}")
         sigs, structure = self.input_signature(x)
         arrays = prepare_inputs(self.name, sigs, x)
+        sigs = fill_free_dims(sigs, arrays)
         key = (tuple(sigs), repr(structure), training)
         if key not in self._train_steps:
             metrics, weighted = self._resolve_metrics(sigs, structure)
             if training:
                 step = TrainStep(self, sigs, structure, self.loss, self.optimizer, metrics,
-                                 weighted, self._jit_compile)
+                                 weighted, self._jit_compile, self._jit_explicit)
             else:
                 step = TestStep(self, sigs, structure, self.loss, metrics, weighted,
                                 self._jit_compile, self._jit_explicit)

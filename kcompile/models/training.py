@@ -9,6 +9,7 @@ compiled execution run these same graphs.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -94,7 +95,7 @@ class _Targets:
 class TrainStep:
     def __init__(self, model: Model, sigs: Sequence[InputSig], structure: Any, loss: Loss,
                  optimizer: Optimizer, metrics: Sequence[Metric], weighted: Sequence[Metric],
-                 jit: bool) -> None:
+                 jit: bool, explicit: bool = True) -> None:
         lowered = _lower_one_output(model, sigs, structure, True)
         g = lowered.graph
         self.model_name = model.name
@@ -135,8 +136,15 @@ class TrainStep:
                     *[params[self.variables.index(v)] for v in self.state_updates]]
             first = 1 + self.num_metric_outputs
             wanted = {first + k: g.inputs.index(v) for k, v in enumerate(olds)}
-            self.compiled = compile_graph(g, aliases=wanted, guard=0)
-            self.compiled.set_params([])
+            try:
+                self.compiled = compile_graph(g, aliases=wanted, guard=0)
+            except NotImplementedError as err:  # as inference: eager unless jit_compile=True
+                if explicit:
+                    raise
+                warnings.warn(f"Model '{model.name}' trains eagerly: {err}", RuntimeWarning,
+                              stacklevel=5)
+            else:
+                self.compiled.set_params([])
 
     def check(self, y: Any, sample_weight: Any, batch: int) -> tuple[np.ndarray, np.ndarray]:
         return self.targets.check(y, sample_weight, batch)

@@ -5,6 +5,7 @@ The layout, as real Keras 3 writes and reads it:
     vars                                (attrs name=<model name>; the model's own variables: none)
     layers/<key>/vars/0, 1, ...         one group per layer of the model, in `model.layers` order
     layers/<key>/layers/<key>/vars/...  a nested model's layers, recursively
+    layers/<key>/layer/vars/...         a wrapper's layer (TimeDistributed: `_saveable_children`)
     optimizer/vars/0, 1, ...            (attrs name=<optimizer name>) iterations, learning rate, slots
 
 `<key>` is NOT the layer's name: it is the snake_case class name, deduplicated within its container
@@ -42,7 +43,8 @@ def own_variables(layer: Any) -> list[Any]:
     if _is_model(layer):
         return []
     own = list(layer._trainable_variables) + list(layer._non_trainable_variables)
-    inner = [w for w in layer.weights if all(w is not v for v in own)]
+    children = [w for _, child in getattr(layer, "_saveable_children", ()) for w in child.weights]
+    inner = [w for w in layer.weights if all(w is not v for v in own + children)]
     if inner:
         raise NotImplementedError(f"Layer '{layer.name}' ({type(layer).__name__}) holds weights of "
                                   "nested layers; saving such custom layers is not supported yet")
@@ -58,8 +60,16 @@ def walk_layers(model: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
         used[base] = count + 1
         path = f"{prefix}layers/{base if count == 0 else f'{base}_{count}'}"
         yield path, layer
+        yield from _children(layer, path)
         if _is_model(layer):
             yield from walk_layers(layer, path + "/")
+
+
+def _children(layer: Any, path: str) -> Iterator[tuple[str, Any]]:
+    """Layers held by a wrapper under an attribute key, as Keras stores them (`.../layer`)."""
+    for key, child in getattr(layer, "_saveable_children", ()):
+        yield f"{path}/{key}", child
+        yield from _children(child, f"{path}/{key}")
 
 
 def _write_vars(group: Any, name: str, arrays: list[np.ndarray]) -> None:

@@ -19,6 +19,10 @@ from test_ir_registry import SAMPLES  # noqa: E402
 SKIP = {"fused", "constant"}  # internal / no inputs (covered elsewhere)
 NO_GRAD = {"compare", "argmax", "one_hot", "stop_gradient", "conv2d_input_grad", "conv2d_filter_grad",
            "max_pool2d_grad", "avg_pool2d_grad", "gelu_grad"}
+# Recurrent ops compile only with static weights (inference; tests/codegen/test_rnn_kernel.py) and
+# their backward-through-time ops have no LLVM lowering yet (test_llvm_backend.NOT_COMPILED_YET):
+# training with recurrent layers runs eagerly, so neither fits this run-time-operand check.
+NOT_COMPILED_YET = {"simple_rnn", "lstm", "gru", "simple_rnn_grad", "lstm_grad", "gru_grad"}
 
 
 @pytest.fixture(autouse=True)
@@ -40,15 +44,15 @@ def _feeds(types, batch, rng):
     return out
 
 
-@pytest.mark.parametrize("op", sorted(set(SAMPLES) - SKIP))
+@pytest.mark.parametrize("op", sorted(set(SAMPLES) - SKIP - NOT_COMPILED_YET))
 def test_forward_and_backward_compiled_equals_eager(op):
     types, attrs = SAMPLES[op]
     if op in ("log", "sqrt", "pow"):  # positive domains
         types = list(types)
     g = Graph(name=f"train_{op}")
     xs = [g.add_input(TensorType(s, d), f"x{i}") for i, (s, d) in enumerate(types)]
-    (out,) = g.add_node(op, xs, attrs)
-    outputs = [out]
+    outputs = list(g.add_node(op, xs, attrs))  # every output (recurrent ops have several)
+    out = outputs[0]
     if op not in NO_GRAD and out.dtype == "float32":
         w = g.add_input(TensorType(out.shape, out.dtype), "w")
         y = g.add_node("sum", [g.add_node("mul", [out, w])[0]], {"axes": None})[0]

@@ -37,11 +37,18 @@ def _lowered(model, x, training=False):
     return model._lowered_for(sigs, st, training)
 
 
+# Backpropagation through time runs eagerly for now: compiling a graph with one raises
+# NotImplementedError (the step falls back to the eager executor unless jit_compile=True was asked
+# for explicitly).
+NOT_COMPILED_YET = {"simple_rnn_grad", "lstm_grad", "gru_grad"}
+
+
 def test_every_op_has_an_llvm_lowering() -> None:
     load_all()
     covered = set(LOWERINGS) | set(ELEMENTWISE) | {"fused"}
-    missing = sorted(set(all_ops()) - covered)
+    missing = sorted(set(all_ops()) - covered - NOT_COMPILED_YET)
     assert not missing, f"ops without an LLVM lowering: {missing}"
+    assert not NOT_COMPILED_YET & covered, "a lowering exists: drop it from NOT_COMPILED_YET"
 
 
 def test_gemm_uses_512_bit_fmas_on_avx512() -> None:

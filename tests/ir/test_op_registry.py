@@ -126,6 +126,14 @@ CASES: list[Case] = [
     Case("concat", (W((2, 3)), W((1, 3))), {"axis": 0}, name="no-batch"),
     Case("slice", (X((N, 5)),), {"axis": 1, "start": 1, "stop": 4}),
     Case("slice", (X((N, 3, 4)),), {"axis": -1, "start": 0, "stop": 0}, name="empty"),
+    Case("pad", (X((N, 5, 3)),), {"axis": 1, "before": 2, "after": 1}),
+    Case("pad", (X((N, 4)),), {"axis": -1, "after": 3}, name="after-only"),
+    # row gathers (Embedding) and their adjoint
+    Case("gather", (W((10, 4)), X((N, 5), "int32", gen="labels10"))),
+    Case("gather", (W((6, 2, 3)), X((N,), "int64", gen="labels6")), name="int64-rank3-table"),
+    Case("scatter_add", (X((N, 5), "int32", gen="labels10"), X((N, 5, 4))), {"rows": 10}),
+    Case("scatter_add", (X((N,), "int64", gen="labels3"), X((N, 2, 2))), {"rows": 3},
+         name="int64-rank3"),
     # conv and its gradients
     Case("conv2d", (X((N, 7, 6, 3)), W((3, 3, 3, 4))),
          {"strides": (2, 1), "padding": "same", "dilation": (1, 1)}),
@@ -174,6 +182,24 @@ CASES: list[Case] = [
     Case("one_hot", (X((N,), "int32", gen="labels4"),), {"depth": 4}, float64=False),
     Case("one_hot", (X((N, 2), "float32", gen="labels3"),), {"depth": 3, "dtype": "float64"},
          name="float-labels", float64=False),
+    # recurrent layers over a whole sequence (x, kernel, recurrent kernel, bias[, states]) and BPTT;
+    # other activations than the defaults: float32 only (onnx.reference ignores `activations`)
+    Case("simple_rnn", (X((N, 4, 3)), W((3, 2)), W((2, 2)), W((2,)))),
+    Case("simple_rnn", (X((N, 4, 3)), W((3, 2)), W((2, 2)), W((2,)), X((N, 2))),
+         {"go_backwards": True, "activation": "relu"}, name="state-backwards-relu", float64=False),
+    Case("lstm", (X((N, 4, 3)), W((3, 8)), W((2, 8)), W((8,)))),
+    Case("lstm", (X((N, 4, 3)), W((3, 8)), W((2, 8)), W((8,)), X((N, 2)), X((N, 2))),
+         {"go_backwards": True}, name="states-backwards"),
+    Case("lstm", (X((N, 3, 2)), W((2, 4)), W((1, 4)), W((4,))),
+         {"activation": "linear", "recurrent_activation": "tanh"}, name="activations", float64=False),
+    Case("gru", (X((N, 4, 3)), W((3, 6)), W((2, 6)), W((2, 6)))),
+    Case("gru", (X((N, 4, 3)), W((3, 6)), W((2, 6)), W((6,)), X((N, 2))),
+         {"reset_after": False, "go_backwards": True}, name="reset-before-state-backwards"),
+    Case("simple_rnn_grad", (X((N, 4, 3)), W((3, 2)), W((2, 2)), W((2,)), X((N, 4, 2)), X((N, 2)))),
+    Case("lstm_grad", (X((N, 4, 3)), W((3, 8)), W((2, 8)), W((8,)), X((N, 2)), X((N, 2)),
+                       X((N, 4, 2)), X((N, 2)), X((N, 2))), {"go_backwards": True}),
+    Case("gru_grad", (X((N, 4, 3)), W((3, 6)), W((2, 6)), W((6,)), X((N, 2)), X((N, 4, 2)),
+                      X((N, 2))), {"reset_after": False}),
 ]
 
 CASE_IDS = [c.id for c in CASES]
@@ -239,7 +265,7 @@ def test_cases_use_the_batch_dim_where_meaningful():
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 def test_ref_matches_infer(case, batch):
     g, outs = _run(case, batch)
-    assert len(outs) == len(g.outputs) == 1
+    assert len(outs) == len(g.outputs) >= 1  # several for the recurrent ops and their gradients
     for value, arr in zip(g.outputs, outs, strict=True):
         want = value.type.with_batch(batch)
         assert isinstance(arr, np.ndarray)
@@ -261,15 +287,16 @@ def test_float64_variant(case):
     """Switching float32 to float64 gives float64 outputs (cast/argmax keep their own dtype), and
     the values agree with the float32 run."""
     c64 = _to_f64(case)
-    g32, (out32,) = _run(case, 3)
-    g64, (out64,) = _run(c64, 3)
-    want = F64 if g32.outputs[0].dtype == F32 and case.op != "cast" else g32.outputs[0].dtype
-    assert g64.outputs[0].dtype == want
-    assert out64.dtype.name == want and out64.shape == out32.shape
-    if case.op == "cast" and case.attrs["dtype"] == "int32":
-        np.testing.assert_array_equal(out64, out32)
-    else:
-        np.testing.assert_allclose(out64, out32.astype(np.float64), rtol=2e-4, atol=2e-5)
+    g32, outs32 = _run(case, 3)
+    g64, outs64 = _run(c64, 3)
+    for v32, v64, out32, out64 in zip(g32.outputs, g64.outputs, outs32, outs64, strict=True):
+        want = F64 if v32.dtype == F32 and case.op != "cast" else v32.dtype
+        assert v64.dtype == want
+        assert out64.dtype.name == want and out64.shape == out32.shape
+        if case.op == "cast" and case.attrs["dtype"] == "int32":
+            np.testing.assert_array_equal(out64, out32)
+        else:
+            np.testing.assert_allclose(out64, out32.astype(np.float64), rtol=2e-4, atol=2e-5)
 
 
 def _malformed(types: list[TensorType]):

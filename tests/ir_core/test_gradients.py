@@ -13,10 +13,12 @@ from kcompile.ir.opdef import all_ops
 
 NO_GRADIENT = {"compare", "argmax", "one_hot", "stop_gradient", "constant"}
 SECOND_ORDER_ONLY = {"conv2d_input_grad", "conv2d_filter_grad", "max_pool2d_grad",
-                     "avg_pool2d_grad", "gelu_grad", "fused"}
+                     "avg_pool2d_grad", "gelu_grad", "fused", "simple_rnn_grad", "lstm_grad",
+                     "gru_grad"}
 # inputs where the op is smooth: signs mixed but away from kinks and ties
 MIXED = {"relu", "abs", "maximum", "minimum", "max", "max_pool2d", "neg", "tanh", "sigmoid", "gelu",
-         "softmax", "log_softmax", "add", "sub", "mul", "matmul", "conv2d", "bias_add", "sum", "mean"}
+         "softmax", "log_softmax", "add", "sub", "mul", "matmul", "conv2d", "bias_add", "sum", "mean",
+         "pad", "gather", "scatter_add", "simple_rnn", "lstm", "gru"}
 
 
 def _f64(types):
@@ -29,6 +31,8 @@ def _values(types, rng, op):
         concrete = tuple(2 if d is None else d for d in shape)
         if dtype == "uint32":
             arrays.append(np.array([3, 9], np.uint32))
+        elif dtype in ("int32", "int64"):  # ids (gather, scatter_add): repeats accumulate
+            arrays.append(rng.integers(0, 4, concrete).astype(dtype))
         elif op in MIXED:
             mag = rng.uniform(0.3, 1.5, concrete)
             arrays.append(mag * rng.choice([-1.0, 1.0], concrete))
@@ -45,12 +49,17 @@ def _attrs(op, attrs):
 
 
 def _graph(op, types, attrs):
+    """y = sum over the op's outputs of sum(output * w_k), with one weight input w_k per output
+    (the recurrent ops have several: sequence and final states)."""
     g = Graph(name=f"grad_{op}")
     xs = [g.add_input(TensorType(s, d), f"x{i}") for i, (s, d) in enumerate(types)]
-    (out,) = g.add_node(op, xs, attrs)
-    w = g.add_input(TensorType(out.shape, out.dtype), "w")
-    y = g.add_node("sum", [g.add_node("mul", [out, w])[0]], {"axes": None})[0]
-    return g, xs, w, y
+    outs = g.add_node(op, xs, attrs)
+    ws = [g.add_input(TensorType(o.shape, o.dtype), f"w{k}") for k, o in enumerate(outs)]
+    y = None
+    for out, w in zip(outs, ws, strict=True):
+        term = g.add_node("sum", [g.add_node("mul", [out, w])[0]], {"axes": None})[0]
+        y = term if y is None else g.add_node("add", [y, term])[0]
+    return g, xs, ws, y
 
 
 @pytest.mark.parametrize("op", sorted(set(SAMPLES) - NO_GRADIENT - SECOND_ORDER_ONLY))
@@ -58,14 +67,13 @@ def test_vjp_matches_finite_differences(op):
     types, attrs = SAMPLES[op]
     types, attrs = _f64(types), _attrs(op, attrs)
     rng = np.random.default_rng(hash(op) % 2**32)
-    g, xs, w, y = _graph(op, types, attrs)
+    g, xs, ws, y = _graph(op, types, attrs)
     float_inputs = [x for x in xs if x.dtype == "float64"]
     grads = grad(g, y, float_inputs)
     g.outputs = [y] + [gr for gr in grads if gr is not None]
     g.verify()
     inputs = _values(types, rng, op)
-    weights = rng.standard_normal(tuple(2 if d is None else d for d in w.shape))
-    feeds = inputs + [weights]
+    feeds = inputs + [rng.standard_normal(tuple(2 if d is None else d for d in w.shape)) for w in ws]
     outs = run(g, feeds)
     analytic = iter(outs[1:])
     for x, gr in zip(float_inputs, grads, strict=True):
@@ -99,7 +107,7 @@ def test_piecewise_constant_ops_pass_no_gradient(op):
 @pytest.mark.parametrize("op", sorted(SECOND_ORDER_ONLY - {"fused"}))
 def test_second_order_ops_say_so(op):
     types, attrs = SAMPLES[op]
-    g, xs, w, y = _graph(op, _f64(types), _attrs(op, attrs))
+    g, xs, _, y = _graph(op, _f64(types), _attrs(op, attrs))
     with pytest.raises(NotImplementedError, match=op):
         grad(g, y, xs)
 
@@ -111,7 +119,7 @@ def test_every_op_has_a_vjp_or_is_internal():
 
 def test_fused_nodes_are_never_differentiated():
     types, attrs = SAMPLES["fused"]
-    g, xs, w, y = _graph("fused", types, attrs)
+    g, xs, _, y = _graph("fused", types, attrs)
     with pytest.raises(NotImplementedError, match="fused"):
         grad(g, y, xs)
 

@@ -64,9 +64,24 @@ SAMPLES = {
                             "dilation": (1, 1)}),
     "max_pool2d_grad": ([((None, 5, 5, 2), F), ((None, 3, 3, 2), F)],
                         {"pool_size": (2, 2), "strides": (2, 2), "padding": "same"}),
+    "pad": ([((None, 5, 3), F)], {"axis": 1, "before": 2, "after": 1}),
+    "gather": ([((10, 4), F), ((None, 5), "int32")], {}),
+    "scatter_add": ([((None, 5), "int32"), ((None, 5, 4), F)], {"rows": 10}),
     "avg_pool2d_grad": ([((None, 3, 3, 2), F)],
                         {"input_hw": (5, 5), "pool_size": (3, 3), "strides": (1, 1),
                          "padding": "valid"}),
+    # recurrent ops: x (batch, time, features), kernel, recurrent kernel, bias, initial states
+    "simple_rnn": ([((None, 3, 2), F), ((2, 2), F), ((2, 2), F), ((2,), F), ((None, 2), F)],
+                   {"go_backwards": True}),
+    "lstm": ([((None, 3, 2), F), ((2, 8), F), ((2, 8), F), ((8,), F), ((None, 2), F),
+              ((None, 2), F)], {}),
+    "gru": ([((None, 3, 2), F), ((2, 6), F), ((2, 6), F), ((2, 6), F), ((None, 2), F)], {}),
+    "simple_rnn_grad": ([((None, 3, 2), F), ((2, 2), F), ((2, 2), F), ((2,), F), ((None, 3, 2), F),
+                         ((None, 2), F)], {}),
+    "lstm_grad": ([((None, 3, 2), F), ((2, 8), F), ((2, 8), F), ((8,), F), ((None, 3, 2), F),
+                   ((None, 2), F), ((None, 2), F)], {"go_backwards": True}),
+    "gru_grad": ([((None, 3, 2), F), ((2, 6), F), ((2, 6), F), ((6,), F), ((None, 2), F),
+                  ((None, 3, 2), F), ((None, 2), F)], {"reset_after": False}),
 }
 
 

@@ -18,6 +18,7 @@ from kcompile.codegen.llvm.builder import I8, I64, PTR, KernelBuilder, define, m
 from kcompile.codegen.llvm.jit import CompileStats, Target, compile_cached, dump_sink, host_target
 from kcompile.codegen.llvm.kernels import load_all
 from kcompile.codegen.llvm.kernels.common import LOWERINGS, KernelContext, ParamLayout
+from kcompile.codegen.llvm.kernels.gather import CHECKED_OPS, index_error_word
 from kcompile.codegen.llvm.threads import _TypedCallee
 from kcompile.ir.core import Graph, Node, Value
 from kcompile.ir.passes import StaticSplit, optimize
@@ -61,6 +62,9 @@ class Program:
     stats: CompileStats = field(default_factory=CompileStats)
     aliases: dict[int, int] = field(default_factory=dict)  # output index -> input it overwrites
     guard: int | None = None  # output index of a scalar: not finite -> stop before any update
+    # node index -> (layer label, rows) of each bounds-checked gather/scatter_add: the code stops
+    # after it on a bad id and the runtime raises (kernels/gather.py)
+    index_checks: dict[int, tuple[str | None, int]] = field(default_factory=dict)
 
 
 def lowering_for(node: Node):
@@ -146,6 +150,10 @@ def _emit_module(split: StaticSplit, plan: MemoryPlan, target: Target, guard_nod
             finite = b.fcmp_ordered("<", kb.fabs(value), ir.Constant(value.type, float("inf")))
             with kb.if_then(b.not_(finite)):
                 b.ret_void()
+        if kernel is not None and graph.nodes[i].op in CHECKED_OPS:  # a bad id: all stop here
+            b.call(barrier, [sync, nt])
+            with kb.if_then(b.icmp_signed("!=", kb.load(index_error_word(kb), 0, I64), kb.i64(0))):
+                b.ret_void()
     copy = _copy_fn(module, target)
     for v, out_index in plan.copies:
         if not first:
@@ -227,7 +235,9 @@ def compile_graph(graph: Graph, *, target: Target | None = None, dump: str | Non
     guard_node = _producer_index(split.main, guard, plan) if guard is not None else None
     if guard is not None and guard_node is None:  # no place to stop: nothing may be overwritten
         guard, aliases = None, {}
-    kept = safe_aliases(split.main, plan, aliases or {}, guard_node)
+    index_checks = _index_checks(split.main)
+    stop_node = max([guard_node if guard_node is not None else -1, *index_checks], default=-1)
+    kept = safe_aliases(split.main, plan, aliases or {}, stop_node if stop_node >= 0 else None)
     key_text = "\n".join([str(split.main), str(split.prepare), repr(_plan_key(plan)),
                           repr(sorted(kept.items())), repr((guard, guard_node))])
     key = hashlib.sha256(key_text.encode()).hexdigest()
@@ -243,8 +253,17 @@ def compile_graph(graph: Graph, *, target: Target | None = None, dump: str | Non
                         [(i, None if lay is None else ParamLayout(lay[0], tuple(lay[1])))
                          for i, lay in meta["params"]])
     stats.seconds = time.perf_counter() - t0
-    program = Program(split, plan, table, target, key, stats, kept, guard)
+    program = Program(split, plan, table, target, key, stats, kept, guard, index_checks)
     return CompiledGraph(program, lib)
+
+
+def _index_checks(graph: Graph) -> dict[int, tuple[str | None, int]]:
+    checks = {}
+    for i, node in enumerate(graph.nodes):
+        if node.op in CHECKED_OPS:
+            rows = node.attrs["rows"] if node.op == "scatter_add" else node.inputs[0].shape[0]
+            checks[i] = (node.label, rows)
+    return checks
 
 
 def _producer_index(graph: Graph, out_index: int, plan: MemoryPlan) -> int | None:
@@ -266,7 +285,8 @@ def safe_aliases(graph: Graph, plan: MemoryPlan, wanted: dict[int, int], guard_n
                  ) -> dict[int, int]:
     """The wanted aliases under which overwriting the input cannot change any result: the output's
     producer is the last reader of the input, reads it (if at all) elementwise at the output's own
-    index (an elementwise kernel of the same type), and runs after the guard when there is one."""
+    index (an elementwise kernel of the same type), and runs after the guard node when there is one
+    (the last node after which the code may stop: the loss guard or a bounds-checked gather)."""
     last_reader: dict[Value, int] = {}
     for i, node in enumerate(graph.nodes):
         for v in node.inputs:

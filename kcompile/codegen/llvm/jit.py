@@ -167,6 +167,13 @@ class Library:
             raise RuntimeError(f"compiled module has no symbol {name!r}")
         return addr
 
+    def global_address(self, name: str) -> int:
+        """Address of a global variable of the module (e.g. the index-error word)."""
+        addr = self._engine.get_global_value_address(name)
+        if not addr:
+            raise RuntimeError(f"compiled module has no global {name!r}")
+        return addr
+
 
 def optimize_and_emit(ir_text: str, target: Target, dump: DumpSink | None = None) -> bytes:
     """Parse, verify, optimise (O3) and emit an object file."""

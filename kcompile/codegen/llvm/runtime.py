@@ -15,9 +15,11 @@ import numpy as np
 
 from kcompile.codegen.llvm.compiler import ENTRY, NDARRAY_DATA_OFFSET, PY_ENTRY, Program
 from kcompile.codegen.llvm.jit import Library
+from kcompile.codegen.llvm.kernels.gather import INDEX_ERROR
 from kcompile.codegen.llvm.threads import ThreadPool, get_pool
 from kcompile.ir.core import format_shape
 from kcompile.ir.interpret import run as interpret
+from kcompile.ir.ops.gather import index_out_of_range
 
 _ENTRY_T = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64)
 
@@ -56,6 +58,9 @@ class CompiledGraph:
         self._in_facts = [(np.dtype(t.dtype), t.rank, t.shape[1:]) for t in self._in_types]
         self._out_facts = [(np.dtype(t.dtype), t.shape[1:]) for t in self._out_types]
         self._out_shapes: dict[int, list[tuple[tuple[int, ...], np.dtype]]] = {}
+        # [node index + 1, id] written by a bounds-checked kernel on a bad id (kernels/gather.py)
+        self._index_error = (ctypes.c_int64 * 2).from_address(lib.global_address(INDEX_ERROR)) \
+            if program.index_checks else None
 
     @property
     def stats(self):
@@ -111,6 +116,8 @@ class CompiledGraph:
                         self._ensure_arena(batch)
                     self._py_entry(self._table, batch, pool.nthreads, self._run_addr, pool.sync_addr,
                                    *inputs, *outs)
+                    if self._index_error is not None and self._index_error[0]:
+                        self._raise_index_error()
                 return outs
         return None
 
@@ -181,6 +188,15 @@ class CompiledGraph:
                               nt)
             else:
                 self._entry(table, batch, 0, 1)
+            if self._index_error is not None and self._index_error[0]:
+                self._raise_index_error()
+
+    def _raise_index_error(self) -> None:
+        """The code stopped after a kernel met an id out of range: reset the word and report."""
+        node, index = int(self._index_error[0]) - 1, int(self._index_error[1])
+        self._index_error[0] = self._index_error[1] = 0
+        label, rows = self.program.index_checks.get(node, (None, 0))
+        raise index_out_of_range(index, rows, label)
 
     def _check_inputs(self, inputs: Sequence[np.ndarray]) -> int:
         if len(inputs) != len(self._in_types):

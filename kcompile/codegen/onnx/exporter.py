@@ -204,10 +204,14 @@ def _fold(node: onnx.NodeProto, args: list[np.ndarray]) -> np.ndarray | None:
         return np.expand_dims(args[0], tuple(int(a) for a in args[1]))
     if node.op_type == "Cast":
         return args[0].astype(helper.tensor_dtype_to_np_dtype(attrs["to"]))
+    if node.op_type == "Gather":  # gate reordering of recurrent weights
+        return np.take(args[0], args[1], axis=attrs.get("axis", 0))
+    if node.op_type == "Concat":
+        return np.concatenate(args, axis=attrs["axis"])
     return None
 
 
-_FOLDABLE = ("Transpose", "Reshape", "Unsqueeze", "Cast", *_FOLD_ELEMENTWISE)
+_FOLDABLE = ("Transpose", "Reshape", "Unsqueeze", "Cast", "Gather", "Concat", *_FOLD_ELEMENTWISE)
 
 
 def _fold_constants(nodes: list[onnx.NodeProto], inits: dict[str, np.ndarray], outputs: Sequence[str]
@@ -300,32 +304,46 @@ def _signature_from(input_signature: Any) -> tuple[list[Any], Any]:
     return sigs, structure
 
 
+def _inference_signature(model: Any, input_signature: Any = None) -> tuple[list[Any], Any]:
+    if input_signature is not None:
+        return _signature_from(input_signature)
+    try:
+        return model.input_signature()
+    except ValueError as err:
+        raise ValueError(f"export: model '{model.name}' has no known inputs; build it or call "
+                         "it on data first, or pass input_signature") from err
+
+
 def lower_for_inference(model: Any, input_signature: Any = None):
     """The model's inference graph (`Lowered`), traced for its input signature."""
-    if input_signature is not None:
-        sigs, structure = _signature_from(input_signature)
-    else:
-        try:
-            sigs, structure = model.input_signature()
-        except ValueError as err:
-            raise ValueError(f"export: model '{model.name}' has no known inputs; build it or call "
-                             "it on data first, or pass input_signature") from err
+    sigs, structure = _inference_signature(model, input_signature)
     return model._lowered_for(sigs, structure, False)
 
 
-def export_model(model: Any, filepath: Any, opset_version: int | None = None,
-                 input_signature: Any = None) -> onnx.ModelProto:
-    """Write `model`'s inference graph to `filepath` as ONNX; returns the ModelProto."""
-    opset = resolve_opset(opset_version)
-    lowered = lower_for_inference(model, input_signature)
+def _inference_proto(model: Any, lowered: Any, opset: int, check: bool = True) -> onnx.ModelProto:
     graph = lowered.graph
     if lowered.state_updates or lowered.needs_rng_key:  # inference graphs have neither
         raise RuntimeError(f"export: the inference graph of '{model.name}' updates state or draws "
                            "random numbers; it cannot be exported as a pure function")
     weights = [np.asarray(v.value) for v in lowered.variables]
-    proto = graph_to_onnx(graph, weights=weights, opset_version=opset,
-                          output_names=[f"output_{k}" for k in range(len(graph.outputs))],
-                          name=model.name)
+    return graph_to_onnx(graph, weights=weights, opset_version=opset,
+                         output_names=[f"output_{k}" for k in range(len(graph.outputs))],
+                         name=model.name, check=check)
+
+
+def export_model(model: Any, filepath: Any, opset_version: int | None = None,
+                 input_signature: Any = None) -> onnx.ModelProto:
+    """Write `model`'s inference graph to `filepath` as ONNX; returns the ModelProto. Inputs with
+    a free non-batch dim (a variable sequence length) keep it dynamic (`dynamic.py`)."""
+    from kcompile.codegen.onnx.dynamic import export_free_dims, free_dims
+
+    opset = resolve_opset(opset_version)
+    sigs, structure = _inference_signature(model, input_signature)
+    if free_dims(sigs):
+        proto = export_free_dims(sigs, lambda concrete: _inference_proto(
+            model, model._lowered_for(concrete, structure, False), opset, check=False))
+    else:
+        proto = _inference_proto(model, model._lowered_for(sigs, structure, False), opset)
     save(proto, filepath)
     return proto
 

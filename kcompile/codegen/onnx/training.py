@@ -31,7 +31,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from kcompile.codegen.onnx.exporter import graph_to_onnx, resolve_opset, save
+from kcompile.codegen.onnx.exporter import _inference_signature, graph_to_onnx, resolve_opset, save
 from kcompile.ir.core import TensorType
 from kcompile.ir.emit import Emitter
 
@@ -44,18 +44,6 @@ def _require_compiled(model: Any) -> None:
             getattr(model, "optimizer", None) is None:
         raise ValueError(f"export(training=True): model '{model.name}' has no optimizer and loss; "
                          "call model.compile(optimizer=..., loss=...) first")
-
-
-def _signature(model: Any, input_signature: Any) -> tuple[list[Any], Any]:
-    from kcompile.codegen.onnx.exporter import _signature_from
-
-    if input_signature is not None:
-        return _signature_from(input_signature)
-    try:
-        return model.input_signature()
-    except ValueError as err:
-        raise ValueError(f"export: model '{model.name}' has no known inputs; build it or call it "
-                         "on data first, or pass input_signature") from err
 
 
 def _schedule_metadata(optimizer: Any) -> dict[str, Any]:
@@ -92,7 +80,7 @@ def build_training_onnx(model: Any, opset_version: int | None = None,
 
     _require_compiled(model)
     opset = resolve_opset(opset_version)
-    sigs, structure = _signature(model, input_signature)
+    sigs, structure = _inference_signature(model, input_signature)
     metrics, weighted = model._resolve_metrics(sigs, structure)
     step = TrainStep(model, sigs, structure, model.loss, model.optimizer, metrics, weighted, jit=False)
     g = step.graph

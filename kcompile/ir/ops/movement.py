@@ -175,3 +175,39 @@ def _slice_onnx(ctx, inputs, outputs, axis, start, stop):
 defop("slice", attrs={"axis": Attr(int), "start": Attr(int), "stop": Attr(int)},
       infer=_slice_infer, ref=_slice_ref, vjp=_slice_vjp, onnx=_slice_onnx, num_inputs=1,
       doc="x[..., start:stop, ...] along one non-batch axis (concat's adjoint).")
+
+
+def _pad_infer(x: TensorType, axis: int, before: int, after: int) -> TensorType:
+    ax = norm_axis("pad", axis, x.rank)
+    if x.shape[ax] is None:
+        raise ValueError("pad: cannot pad the batch axis")
+    shape = list(x.shape)
+    shape[ax] += before + after
+    return TensorType(tuple(shape), x.dtype)
+
+
+def _pad_ref(x: np.ndarray, axis: int, before: int, after: int) -> np.ndarray:
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (before, after)
+    return np.pad(x, widths)
+
+
+def _pad_vjp(e, inputs, out, g, axis, before, after):
+    x = inputs[0]
+    ax = axis % x.type.rank
+    return [e.op("slice", g, axis=ax, start=before, stop=before + x.shape[ax])]
+
+
+def _pad_onnx(ctx, inputs, outputs, axis, before, after):
+    rank = ctx.type(inputs[0]).rank
+    pads = [0] * (2 * rank)
+    pads[axis % rank], pads[rank + axis % rank] = before, after
+    ctx.node("Pad", [inputs[0], ctx.ints(pads)], outputs)
+
+
+_NON_NEGATIVE = Attr(int, 0, lambda v: v >= 0, ">= 0")
+
+defop("pad", attrs={"axis": Attr(int), "before": _NON_NEGATIVE, "after": _NON_NEGATIVE},
+      infer=_pad_infer, ref=_pad_ref, vjp=_pad_vjp, onnx=_pad_onnx, num_inputs=1,
+      doc="Zeros added before/after along one non-batch axis (Conv1D's causal padding; slice's "
+          "adjoint).")

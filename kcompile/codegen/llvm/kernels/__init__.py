@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 
 _FAMILIES = ("elementwise", "gemm", "fused", "reduce", "pool", "conv", "winograd", "movement", "random",
-             "backward", "conv_grad")
+             "backward", "conv_grad", "gather", "rnn")
 
 
 def load_all() -> None:

@@ -154,3 +154,31 @@ def lower_one_hot(ctx: KernelContext, node: Node) -> ir.Function:
             kb.store(hit, out, b.add(b.mul(i, kb.i64(depth)), d))
     kb.finish()
     return fn
+
+
+@lowering("pad")
+def lower_pad(ctx: KernelContext, node: Node) -> ir.Function:
+    """Per outer index: zeros, the input block, zeros (row-major, so each is one contiguous run)."""
+    x = node.inputs[0]
+    axis = norm_axis("pad", node.attrs["axis"], x.type.rank)
+    before, after = node.attrs["before"], node.attrs["after"]
+    size = np.dtype(x.dtype).itemsize
+    fn, kb, (xp,), out, n, tid, nt = ctx.new_kernel(node, "pad")
+    b = kb.b
+    outer = product(kb, dim_values(kb, x.shape[:axis], n))
+    inner = int(np.prod([d for d in x.shape[axis + 1:]], dtype=np.int64)) * size
+    chunk = x.shape[axis] * inner
+    out_row = chunk + (before + after) * inner
+    memset = kb.intrinsic("llvm.memset.p0.i64", ir.VoidType(), [ir.PointerType(), I8, ir.IntType(64),
+                                                                   ir.IntType(1)])
+    lo, hi = split_range(kb, outer, tid, nt)
+    with kb.loop(lo, hi, 1, "o") as o:
+        dst = b.mul(o, kb.i64(out_row))
+        for start, nbytes in ((0, before * inner), (before * inner + chunk, after * inner)):
+            if nbytes:
+                b.call(memset, [kb.gep(out, b.add(dst, kb.i64(start)), I8), ir.Constant(I8, 0),
+                                kb.i64(nbytes), ir.Constant(ir.IntType(1), 0)])
+        if chunk:
+            kb.memcpy(out, b.add(dst, kb.i64(before * inner)), xp, b.mul(o, kb.i64(chunk)), chunk)
+    kb.finish()
+    return fn

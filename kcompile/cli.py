@@ -9,6 +9,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -163,36 +164,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_demo = sub.add_parser("demo", help="train the digits convnet compiled, compare, export to ONNX")
     p_demo.add_argument("--seed", type=int, default=0)
 
-    p_summary = sub.add_parser("summary", help="print a model's summary",
-                               description="Print MODEL's Keras-style summary.")
-    p_summary.add_argument("model", metavar="MODEL", help=_MODEL_HELP)
+    def model_command(name: str, summary: str, description: str, **model_arg: Any):
+        """A subcommand whose first argument is MODEL."""
+        parser = sub.add_parser(name, help=summary, description=description)
+        parser.add_argument("model", metavar="MODEL", **{"help": _MODEL_HELP, **model_arg})
+        return parser
 
-    p_bench = sub.add_parser(
-        "bench", help="compile time and compiled vs eager vs onnxruntime speed",
-        description="Compile MODEL (cold, then from the on-disk cache) and time one batch of "
-                    "random input compiled, eager (NumPy) and in onnxruntime on the exported graph.")
-    p_bench.add_argument("model", metavar="MODEL", nargs="?", help=_MODEL_HELP +
-                         " (default: the built-in --builtin model)")
+    model_command("summary", "print a model's summary", "Print MODEL's Keras-style summary.")
+
+    p_bench = model_command(
+        "bench", "compile time and compiled vs eager vs onnxruntime speed",
+        "Compile MODEL (cold, then from the on-disk cache) and time one batch of random input "
+        "compiled, eager (NumPy) and in onnxruntime on the exported graph.",
+        nargs="?", help=_MODEL_HELP + " (default: the built-in --builtin model)")
     p_bench.add_argument("--builtin", "--model", dest="builtin", choices=sorted(BUILTIN_MODELS),
                          default="convnet", help="a built-in benchmark model (default convnet)")
     p_bench.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
     p_bench.add_argument("--repeats", type=int, default=10, help="timed runs (default 10)")
 
-    p_compare = sub.add_parser(
-        "compare", help="parity report: compiled and onnxruntime vs the eager reference",
-        description="Run MODEL on random input compiled, eager and in onnxruntime; print each "
-                    "output's max abs/rel error against eager. Exit status 1 when an error is above "
-                    "rtol 1e-4 / atol 1e-5.")
-    p_compare.add_argument("model", metavar="MODEL", help=_MODEL_HELP)
+    p_compare = model_command(
+        "compare", "parity report: compiled and onnxruntime vs the eager reference",
+        "Run MODEL on random input compiled, eager and in onnxruntime; print each output's max "
+        "abs/rel error against eager. Exit status 1 when an error is above rtol 1e-4 / atol 1e-5.")
     p_compare.add_argument("--batch", type=int, default=8, help="batch size (default 8)")
     p_compare.add_argument("--repeats", type=int, default=3, help="timed runs (default 3)")
 
-    p_export = sub.add_parser(
-        "export", help="write a model as ONNX (inference, or the whole training step)",
-        description="Write MODEL as a default-domain ONNX file that stock onnxruntime runs; with "
-                    "--training, the whole training step (the model must be compiled: a .keras "
-                    "file saved after compile(), or a function returning a compiled model).")
-    p_export.add_argument("model", metavar="MODEL", help=_MODEL_HELP)
+    p_export = model_command(
+        "export", "write a model as ONNX (inference, or the whole training step)",
+        "Write MODEL as a default-domain ONNX file that stock onnxruntime runs; with --training, "
+        "the whole training step (the model must be compiled: a .keras file saved after "
+        "compile(), or a function returning a compiled model).")
     p_export.add_argument("-o", "--output", required=True, help="the .onnx file to write")
     p_export.add_argument("--training", action="store_true",
                           help="export the training step (forward, backward, optimizer update); "

@@ -11,16 +11,18 @@ from kcompile.layers.base import InputSpec, Layer
 
 class _Pooling2D(Layer):
     _op = staticmethod(ops.max_pool)
+    rank = 2
 
     def __init__(self, pool_size: Any = (2, 2), strides: Any = None, padding: str = "valid",
                  data_format: str | None = None, name: str | None = None, **kwargs: Any) -> None:
         super().__init__(name=name, **kwargs)
         where = f"{type(self).__name__} '{self.name}'"
-        self.pool_size = int_tuple(pool_size, 2, "pool_size", where)
-        self.strides = self.pool_size if strides is None else int_tuple(strides, 2, "strides", where)
+        self.pool_size = int_tuple(pool_size, self.rank, "pool_size", where)
+        self.strides = self.pool_size if strides is None else \
+            int_tuple(strides, self.rank, "strides", where)
         self.padding = padding_mode(padding, where)
         self.data_format = channels_last(data_format, where)
-        self.input_spec = InputSpec(ndim=4)
+        self.input_spec = InputSpec(ndim=self.rank + 2)
 
     def call(self, inputs: Any) -> Any:
         return type(self)._op(inputs, self.pool_size, self.strides, self.padding)
@@ -66,15 +68,11 @@ class GlobalMaxPooling2D(_GlobalPooling2D):
 class _Pooling1D(_Pooling2D):
     """(batch, steps, channels); run as the 2-D pool on one row."""
 
+    rank = 1
+
     def __init__(self, pool_size: Any = 2, strides: Any = None, padding: str = "valid",
                  data_format: str | None = None, name: str | None = None, **kwargs: Any) -> None:
-        Layer.__init__(self, name=name, **kwargs)
-        where = f"{type(self).__name__} '{self.name}'"
-        self.pool_size = int_tuple(pool_size, 1, "pool_size", where)
-        self.strides = self.pool_size if strides is None else int_tuple(strides, 1, "strides", where)
-        self.padding = padding_mode(padding, where)
-        self.data_format = channels_last(data_format, where)
-        self.input_spec = InputSpec(ndim=3)
+        super().__init__(pool_size, strides, padding, data_format, name, **kwargs)
 
 
 class MaxPooling1D(_Pooling1D):

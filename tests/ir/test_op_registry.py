@@ -30,7 +30,7 @@ class Arg:
     shape: tuple
     dtype: str = F32
     param: bool = False
-    gen: str = "signed"  # signed | positive | labels<k> | key
+    gen: str = "signed"  # signed | positive | labels<k> | key | mask (0/1 values)
 
 
 @dataclass(frozen=True)
@@ -195,11 +195,29 @@ CASES: list[Case] = [
     Case("gru", (X((N, 4, 3)), W((3, 6)), W((2, 6)), W((2, 6)))),
     Case("gru", (X((N, 4, 3)), W((3, 6)), W((2, 6)), W((6,)), X((N, 2))),
          {"reset_after": False, "go_backwards": True}, name="reset-before-state-backwards"),
-    Case("simple_rnn_grad", (X((N, 4, 3)), W((3, 2)), W((2, 2)), W((2,)), X((N, 4, 2)), X((N, 2)))),
-    Case("lstm_grad", (X((N, 4, 3)), W((3, 8)), W((2, 8)), W((8,)), X((N, 2)), X((N, 2)),
-                       X((N, 4, 2)), X((N, 2)), X((N, 2))), {"go_backwards": True}),
-    Case("gru_grad", (X((N, 4, 3)), W((3, 6)), W((2, 6)), W((6,)), X((N, 2)), X((N, 4, 2)),
-                      X((N, 2))), {"reset_after": False}),
+    # masked: the (batch, time) mask last; masked steps carry the states
+    Case("lstm", (X((N, 5, 3)), W((3, 8)), W((2, 8)), W((8,)), X((N, 5), gen="mask")),
+         {"masked": True, "go_backwards": True}, name="masked-backwards"),
+    Case("gru", (X((N, 4, 3)), W((3, 6)), W((2, 6)), W((2, 6)), X((N, 2)), X((N, 4), gen="mask")),
+         {"masked": True}, name="masked-state"),
+    Case("simple_rnn", (X((N, 4, 3)), W((3, 2)), W((2, 2)), W((2,)), X((N, 4), gen="mask")),
+         {"masked": True}, name="masked"),
+    # the sequential part of the recurrent gradients (processing order)
+    Case("simple_rnn_bptt", (X((N, 4, 2)), W((2, 2)), X((N, 4, 2)), X((N, 2)))),
+    Case("simple_rnn_bptt", (X((N, 4, 2)), W((2, 2)), X((N, 4, 2)), X((N, 2)), X((N, 4), gen="mask")),
+         {"masked": True, "activation": "sigmoid"}, name="masked-sigmoid", float64=False),
+    Case("lstm_bptt", (X((N, 4, 8)), X((N, 2)), W((2, 8)), X((N, 4, 2)), X((N, 2)), X((N, 2)))),
+    Case("lstm_bptt", (X((N, 4, 8)), X((N, 2)), W((2, 8)), X((N, 4, 2)), X((N, 2)), X((N, 2)),
+                       X((N, 4), gen="mask")), {"masked": True}, name="masked"),
+    Case("gru_bptt", (X((N, 4, 6)), X((N, 4, 6)), X((N, 4, 2)), W((2, 6)), X((N, 4, 2)), X((N, 2)))),
+    Case("gru_bptt", (X((N, 4, 6)), X((N, 4, 6)), X((N, 4, 2)), W((2, 6)), X((N, 4, 2)), X((N, 2)),
+                      X((N, 4), gen="mask")), {"masked": True, "reset_after": False},
+         name="masked-reset-before"),
+    # movement and GEMM helpers of the recurrent gradients
+    Case("reverse", (X((N, 5, 3)),), {"axis": 1}),
+    Case("reverse", (X((N, 2, 3, 4)),), {"axis": -1}, name="last"),
+    Case("outer_sum", (X((N, 3, 4)), X((N, 3, 5)))),
+    Case("outer_sum", (X((N, 6)), X((N, 2))), name="rows"),
 ]
 
 CASE_IDS = [c.id for c in CASES]
@@ -228,6 +246,8 @@ def _draw(arg: Arg, batch: int, rng: np.random.Generator) -> np.ndarray:
         return np.array([11, 4], np.uint32)
     if arg.gen.startswith("labels"):
         return rng.integers(0, int(arg.gen[6:]), shape).astype(arg.dtype)
+    if arg.gen == "mask":
+        return (rng.uniform(size=shape) < 0.6).astype(arg.dtype)
     mag = rng.uniform(0.5, 2.0, shape)
     if arg.gen == "signed":
         mag = mag * rng.choice([-1.0, 1.0], shape)

@@ -13,8 +13,8 @@ from kcompile.ir.opdef import all_ops
 
 NO_GRADIENT = {"compare", "argmax", "one_hot", "stop_gradient", "constant"}
 SECOND_ORDER_ONLY = {"conv2d_input_grad", "conv2d_filter_grad", "max_pool2d_grad",
-                     "avg_pool2d_grad", "gelu_grad", "fused", "simple_rnn_grad", "lstm_grad",
-                     "gru_grad"}
+                     "avg_pool2d_grad", "gelu_grad", "fused", "simple_rnn_bptt", "lstm_bptt",
+                     "gru_bptt"}
 # inputs where the op is smooth: signs mixed but away from kinks and ties
 MIXED = {"relu", "abs", "maximum", "minimum", "max", "max_pool2d", "neg", "tanh", "sigmoid", "gelu",
          "softmax", "log_softmax", "add", "sub", "mul", "matmul", "conv2d", "bias_add", "sum", "mean",

@@ -76,12 +76,14 @@ SAMPLES = {
     "lstm": ([((None, 3, 2), F), ((2, 8), F), ((2, 8), F), ((8,), F), ((None, 2), F),
               ((None, 2), F)], {}),
     "gru": ([((None, 3, 2), F), ((2, 6), F), ((2, 6), F), ((2, 6), F), ((None, 2), F)], {}),
-    "simple_rnn_grad": ([((None, 3, 2), F), ((2, 2), F), ((2, 2), F), ((2,), F), ((None, 3, 2), F),
-                         ((None, 2), F)], {}),
-    "lstm_grad": ([((None, 3, 2), F), ((2, 8), F), ((2, 8), F), ((8,), F), ((None, 3, 2), F),
-                   ((None, 2), F), ((None, 2), F)], {"go_backwards": True}),
-    "gru_grad": ([((None, 3, 2), F), ((2, 6), F), ((2, 6), F), ((6,), F), ((None, 2), F),
+    "simple_rnn_bptt": ([((None, 3, 2), F), ((2, 2), F), ((None, 3, 2), F), ((None, 2), F),
+                         ((None, 3), F)], {"masked": True}),
+    "lstm_bptt": ([((None, 3, 8), F), ((None, 2), F), ((2, 8), F), ((None, 3, 2), F), ((None, 2), F),
+                   ((None, 2), F)], {}),
+    "gru_bptt": ([((None, 3, 6), F), ((None, 3, 6), F), ((None, 3, 2), F), ((2, 6), F),
                   ((None, 3, 2), F), ((None, 2), F)], {"reset_after": False}),
+    "reverse": ([((None, 3, 2), F)], {"axis": 1}),
+    "outer_sum": ([((None, 3, 2), F), ((None, 3, 4), F)], {}),
 }
 
 

@@ -1,7 +1,8 @@
-"""The recurrent ops' vjps (backpropagation through time by `*_grad` ops) against central finite
-differences, in float64 on the eager executor: every input -- x, kernel, recurrent kernel, bias and
-the initial states -- with cotangents on every output (sequence and final states), for each cell
-variant, direction and activation."""
+"""The recurrent ops' vjps (backpropagation through time: recomputed gates, a `*_bptt` op for the
+chain through time, GEMMs for the rest) against central finite differences, in float64 on the eager
+executor: every input -- x, kernel, recurrent kernel, bias and the initial states -- with cotangents
+on every output (sequence and final states), for each cell variant, direction and activation, with
+and without a mask (leading, middle and trailing masked steps)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,10 @@ CASES = [
 ]
 
 
-def _graph(op: str, attrs: dict, with_states: bool):
+MASK = np.array([[0, 1, 0, 1], [1, 1, 1, 0]], np.float64)  # (N, T): leading, middle, trailing zeros
+
+
+def _graph(op: str, attrs: dict, with_states: bool, masked: bool = False):
     g = Graph(name=f"grad_{op}")
     gates = GATES[op]
     bias = (2, gates * U) if op == "gru" and attrs.get("reset_after", True) else (gates * U,)
@@ -32,7 +36,8 @@ def _graph(op: str, attrs: dict, with_states: bool):
     if with_states:
         shapes += [(None, U)] * (2 if op == "lstm" else 1)
     xs = [g.add_input(TensorType(s, "float64"), f"x{i}") for i, s in enumerate(shapes)]
-    outs = g.add_node(op, xs, attrs)
+    mask = [g.add_node("constant", [], {"value": MASK})[0]] if masked else []
+    outs = g.add_node(op, xs + mask, {**attrs, "masked": masked})
     ws = [g.add_input(TensorType(o.shape, "float64"), f"w{k}") for k, o in enumerate(outs)]
     y = None
     for out, w in zip(outs, ws, strict=True):
@@ -45,11 +50,12 @@ def _graph(op: str, attrs: dict, with_states: bool):
     return g, xs, ws
 
 
+@pytest.mark.parametrize("masked", [False, True], ids=["unmasked", "masked"])
 @pytest.mark.parametrize("with_states", [False, True], ids=["zero-state", "initial-state"])
 @pytest.mark.parametrize(("op", "attrs"), CASES, ids=[f"{o}-{'-'.join(a) or 'default'}"
                                                       for o, a in CASES])
-def test_bptt_matches_finite_differences(op, attrs, with_states):
-    g, xs, ws = _graph(op, attrs, with_states)
+def test_bptt_matches_finite_differences(op, attrs, with_states, masked):
+    g, xs, ws = _graph(op, attrs, with_states, masked)
     rng = np.random.default_rng(len(xs) + 7 * len(attrs))
     concrete = [tuple(N if d is None else d for d in v.shape) for v in (*xs, *ws)]
     feeds = [rng.standard_normal(s) * (0.6 if k < len(xs) else 1.0) for k, s in enumerate(concrete)]
@@ -76,7 +82,7 @@ def test_unread_outputs_get_zero_cotangents():
     _, h, _ = g.add_node("lstm", [x, *w])
     y = g.add_node("sum", [h], {"axes": None})[0]
     (gx,) = grad(g, y, [x])
-    assert [n.op for n in g.nodes].count("lstm_grad") == 1
+    assert [n.op for n in g.nodes].count("lstm_bptt") == 1
     g.outputs = [gx]
     rng = np.random.default_rng(0)
     (dx,) = run(g, [rng.standard_normal((N, T, F)),
@@ -86,7 +92,29 @@ def test_unread_outputs_get_zero_cotangents():
 
 def test_second_derivatives_say_so():
     g, xs, _ = _graph("gru", {}, False)
-    grad_node = next(n for n in g.nodes if n.op == "gru_grad")
+    grad_node = next(n for n in g.nodes if n.op == "gru_bptt")
     y = g.add_node("sum", [grad_node.outputs[1]], {"axes": None})[0]
-    with pytest.raises(NotImplementedError, match="'gru_grad' has no gradient"):
+    with pytest.raises(NotImplementedError, match="'gru_bptt' has no gradient"):
         grad(g, y, xs)
+
+
+def test_masked_steps_carry_states_and_get_no_gradient():
+    """A fully masked sequence returns its initial state everywhere, and no weight moves it."""
+    g = Graph()
+    x = g.add_input(TensorType((None, T, F), "float64"), "x")
+    w = [g.add_input(TensorType(s, "float64"), n) for s, n in (((F, 3 * U), "k"), ((U, 3 * U), "r"),
+                                                                ((2, 3 * U), "b"), ((None, U), "h0"))]
+    zeros = g.add_node("constant", [], {"value": np.zeros((N, T))})[0]
+    y, h = g.add_node("gru", [x, *w, zeros], {"masked": True})
+    loss = g.add_node("sum", [g.add_node("mul", [y, y])[0]], {"axes": None})[0]
+    grads = grad(g, loss, [x, *w])
+    g.outputs = [y, h, *grads]
+    rng = np.random.default_rng(1)
+    feeds = [rng.standard_normal((N, T, F))] + [rng.standard_normal((N if d is None else d, *rest))
+                                               for d, *rest in (v.shape for v in w)]
+    y_v, h_v, dx, dk, dr, db, dh0 = run(g, feeds)
+    np.testing.assert_array_equal(y_v, np.repeat(feeds[-1][:, None], T, axis=1))
+    np.testing.assert_array_equal(h_v, feeds[-1])
+    for d in (dx, dk, dr, db):
+        np.testing.assert_array_equal(d, 0)
+    np.testing.assert_allclose(dh0, 2 * T * feeds[-1])

@@ -41,7 +41,7 @@ ORT_NO_FLOAT64 |= {"simple_rnn", "lstm", "lstm-states-backwards", "gru",
 REFERENCE_IGNORES_ACTIVATIONS = {"simple_rnn-state-backwards-relu", "lstm-activations"}
 # Backpropagation through time has no ONNX rule yet (it needs a Loop/Scan over the steps): exporting
 # a training step of a recurrent model raises NotImplementedError naming the op.
-NO_RULE_YET = {"simple_rnn_grad", "lstm_grad", "gru_grad"}
+NO_RULE_YET = {"simple_rnn_bptt", "lstm_bptt", "gru_bptt"}
 # dropout's mask needs BitwiseXor (opset 18); below that its rule raises a clear error.
 NEEDS_OPSET_18 = {"dropout"}
 # the mask must be bit-identical to the ref's (eager, compiled and exported training agree)

@@ -77,3 +77,34 @@ defop("matmul", attrs={"transpose_a": Attr(bool, False), "transpose_b": Attr(boo
       infer=_matmul_infer, ref=_matmul_ref, vjp=_matmul_vjp, onnx=_matmul_onnx, num_inputs=2,
       doc="NumPy matmul for rank >= 2: (..., M, K) @ (..., K, N), either operand optionally "
           "transposed in its last two axes; Dense is (N, K) @ (K, units).")
+
+
+def _outer_sum_infer(a: TensorType, b: TensorType) -> TensorType:
+    dtype = same_dtype("outer_sum", a, b)
+    require_float("outer_sum", a)
+    if a.rank < 2 or a.shape[:-1] != b.shape[:-1]:
+        raise ValueError(f"outer_sum: operands need rank >= 2 and equal leading dims, got "
+                         f"{format_shape(a.shape)} and {format_shape(b.shape)}")
+    if None in (a.shape[-1], b.shape[-1]):
+        raise ValueError("outer_sum: the last dims must be known")
+    return TensorType((a.shape[-1], b.shape[-1]), dtype)
+
+
+def _outer_sum_ref(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return a.reshape(-1, a.shape[-1]).T @ b.reshape(-1, b.shape[-1])
+
+
+def _outer_sum_vjp(e, inputs, out, g):
+    a, b = inputs
+    return [e.op("matmul", b, g, transpose_b=True), e.op("matmul", a, g)]
+
+
+def _outer_sum_onnx(ctx, inputs, outputs):
+    a, b = (ctx.node("Reshape", [v, ctx.ints([-1, ctx.type(v).shape[-1]])]) for v in inputs)
+    ctx.node("Gemm", [a, b], outputs, transA=1)
+
+
+defop("outer_sum", infer=_outer_sum_infer, ref=_outer_sum_ref, vjp=_outer_sum_vjp, onnx=_outer_sum_onnx,
+      num_inputs=2,
+      doc="a^T b contracting every leading dim: (..., P), (..., Q) -> (P, Q). A weight gradient over "
+          "batch and time (recurrent layers): the IR's one symbolic dim cannot flatten (N, T) to rows.")

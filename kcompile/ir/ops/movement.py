@@ -177,6 +177,28 @@ defop("slice", attrs={"axis": Attr(int), "start": Attr(int), "stop": Attr(int)},
       doc="x[..., start:stop, ...] along one non-batch axis (concat's adjoint).")
 
 
+def _reverse_infer(x: TensorType, axis: int) -> TensorType:
+    ax = norm_axis("reverse", axis, x.rank)
+    if x.shape[ax] is None and ax == 0:  # (a None time axis: a shape-only trace, variable length)
+        raise ValueError("reverse: cannot reverse the batch axis")
+    return x
+
+
+def _reverse_ref(x: np.ndarray, axis: int) -> np.ndarray:
+    return np.ascontiguousarray(np.flip(x, axis))
+
+
+def _reverse_onnx(ctx, inputs, outputs, axis):
+    ctx.node("Slice", [inputs[0], ctx.ints([-1]), ctx.ints([-2**63]), ctx.ints([axis]), ctx.ints([-1])],
+             outputs)
+
+
+defop("reverse", attrs={"axis": Attr(int)}, infer=_reverse_infer, ref=_reverse_ref,
+      vjp=lambda e, inputs, out, g, axis: [e.op("reverse", g, axis=axis)], onnx=_reverse_onnx,
+      num_inputs=1,
+      doc="x[..., ::-1, ...] along one non-batch axis (go_backwards sequences, Bidirectional).")
+
+
 def _pad_infer(x: TensorType, axis: int, before: int, after: int) -> TensorType:
     ax = norm_axis("pad", axis, x.rank)
     if x.shape[ax] is None:

@@ -29,7 +29,7 @@ from kcompile.codegen.llvm.kernels.common import (
     product,
     split_range,
 )
-from kcompile.ir.core import Node
+from kcompile.ir.core import Node, TensorType, Value
 
 MR = 6
 KC_BYTES = 128 * 1024  # the packed run-time B block (K rows x NR columns) a thread keeps
@@ -88,6 +88,25 @@ def _dim(kb: KernelBuilder, d, n: ir.Value) -> ir.Value:
 def lower_matmul(ctx: KernelContext, node: Node) -> ir.Function:
     program = (("matmul", ("i0", "i1"), tuple(sorted(node.attrs.items()))),)
     return emit_gemm(ctx, node, program)
+
+
+@lowering("outer_sum")
+def lower_outer_sum(ctx: KernelContext, node: Node) -> ir.Function:
+    """a^T b over every leading dim: the GEMM of the (rows, P)^T x (rows, Q) view, called with the
+    batch size scaled to the row count (the operands are contiguous, so the view is free)."""
+    a, w = node.inputs
+    static_rows = int(np.prod([d for d in a.shape[:-1] if d is not None], dtype=np.int64))
+    rows = None if None in a.shape[:-1] else static_rows
+    flat = Node("matmul", [Value(TensorType((rows, a.shape[-1]), a.dtype)),
+                           Value(TensorType((rows, w.shape[-1]), w.dtype))],
+                {"transpose_a": True}, [node.outputs[0].type], node.label)
+    program = (("matmul", ("i0", "i1"), (("transpose_a", True), ("transpose_b", False))),)
+    inner = emit_gemm(ctx, flat, program)
+    fn, kb, ins, out, n, tid, nt = ctx.new_kernel(node, "outer_sum")
+    n_rows = kb.b.mul(n, kb.i64(static_rows)) if rows is None else n
+    kb.b.call(inner, [*ins, out, n_rows, tid, nt])
+    kb.finish()
+    return fn
 
 
 def emit_gemm(ctx: KernelContext, node: Node, program: tuple) -> ir.Function:

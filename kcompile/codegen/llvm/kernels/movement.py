@@ -134,6 +134,27 @@ def lower_slice(ctx: KernelContext, node: Node) -> ir.Function:
     return fn
 
 
+@lowering("reverse")
+def lower_reverse(ctx: KernelContext, node: Node) -> ir.Function:
+    """Per outer index, the blocks along the axis copied in reverse order (each a contiguous run)."""
+    x = node.inputs[0]
+    axis = norm_axis("reverse", node.attrs["axis"], x.type.rank)
+    size = np.dtype(x.dtype).itemsize
+    fn, kb, (xp,), out, n, tid, nt = ctx.new_kernel(node, "reverse")
+    b = kb.b
+    outer = product(kb, dim_values(kb, x.shape[:axis], n))
+    inner = int(np.prod([d for d in x.shape[axis + 1:]], dtype=np.int64)) * size
+    length = x.shape[axis]
+    lo, hi = split_range(kb, outer, tid, nt)
+    with kb.loop(lo, hi, 1, "o") as o:
+        base = b.mul(o, kb.i64(length * inner))
+        with kb.loop(kb.i64(0), kb.i64(length), 1, "k") as k:
+            src = b.add(base, b.mul(b.sub(kb.i64(length - 1), k), kb.i64(inner)))
+            kb.memcpy(out, b.add(base, b.mul(k, kb.i64(inner))), xp, src, inner)
+    kb.finish()
+    return fn
+
+
 @lowering("one_hot")
 def lower_one_hot(ctx: KernelContext, node: Node) -> ir.Function:
     labels = node.inputs[0]

@@ -1,6 +1,8 @@
 """ONNX export of recurrent models (ONNX LSTM/GRU/RNN with Keras's gate order, reset_after as
 linear_before_reset, go_backwards as a reversed direction): one file per model, run by onnxruntime
 at batch 1 and 5 and two sequence lengths (the time dim stays dynamic), against the eager executor.
+Masked layers and training steps (Scans over time) are in test_onnx_rnn_training_export.py, their
+rules in test_onnx_rnn_rules.py.
 """
 
 from __future__ import annotations
@@ -137,9 +139,3 @@ def test_length_dependent_graphs_are_refused():
                                                   r"depends on the length at constant 'shape'"):
         export_free_dims(sigs, write)
 
-
-def test_training_export_of_recurrent_models_says_so(tmp_path):
-    model = keras.Sequential([keras.Input((4, 3)), L.LSTM(2), L.Dense(1)])
-    model.compile("adam", "mse", jit_compile=False)
-    with pytest.raises(NotImplementedError, match="op 'lstm_grad'.* has no ONNX rule"):
-        model.export(tmp_path / "train.onnx", training=True)

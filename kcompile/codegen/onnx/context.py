@@ -16,6 +16,11 @@ Layout: the IR is NHWC, ONNX's Conv and pooling are NCHW. A rule that computes i
 NCHW twin of its output (`ctx.from_nchw`); later layout-agnostic rules (elementwise ops, bias_add,
 pooling, batchnorm, reductions) reuse the twin, so a run of conv/bias/relu/pool stays NCHW and the
 transposes back to NHWC that nobody reads are removed by the exporter's dead-code pass.
+
+Control flow: a rule that needs a Loop/Scan body writes it in `body = ctx.subgraph()` (`body.input`
+declares its inputs; `body.node`, `body.const`... as usual) and passes `body.graph(outputs)` as the
+node's graph attribute. Body constants are initializers of the main graph, and a body may read any
+tensor of the enclosing graph by name (the exporter's passes see those reads).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-from onnx import NodeProto, helper
+from onnx import GraphProto, NodeProto, helper
 
 from kcompile.ir.core import TensorType
 
@@ -55,6 +60,8 @@ class EmitContext:
         self._nchw: dict[str, str] = {}
         self._permuted: dict[tuple[str, tuple[int, ...]], str] = {}
         self._node_count = 0
+        self._parent: EmitContext | None = None
+        self._graph_inputs: list[str] = []
 
     # -- names and types -----------------------------------------------------------------------
     def type(self, name: str) -> TensorType:
@@ -114,7 +121,10 @@ class EmitContext:
         return outs[0] if len(outs) == 1 else outs
 
     def const(self, value: Any, dtype: Any = None, hint: str = "const") -> str:
-        """A constant as an initializer (shared between uses of the same value)."""
+        """A constant as an initializer (shared between uses of the same value); in a subgraph, an
+        initializer of the main graph."""
+        if self._parent is not None:
+            return self._parent.const(value, dtype, hint)
         arr = np.asarray(value, dtype=dtype)
         key = (arr.dtype.str, arr.shape, arr.tobytes())
         name = self._consts.get(key)
@@ -138,6 +148,37 @@ class EmitContext:
         self._taken.add(name)
         self._defined.add(name)
         self.initializers[name] = np.asarray(array)
+
+    # -- control flow --------------------------------------------------------------------------
+    def subgraph(self) -> EmitContext:
+        """A context for the body graph of a control-flow node (Loop, Scan, If) of this graph:
+        names stay unique across the whole model (ONNX wants them so), the IR types are shared,
+        constants go to the main graph."""
+        child = EmitContext(self.opset)
+        child._types = self._types
+        child._taken = self._taken
+        child._parent = self
+        child.label = self.label
+        return child
+
+    def input(self, hint: str, shape: Sequence[int | None], dtype: Any) -> str:
+        """Declare an input of this subgraph (in order); `None` dims are left unknown."""
+        name = self.fresh(self._hint(hint))
+        self.define(name)
+        self._types[name] = TensorType(tuple(shape), np.dtype(dtype).name)
+        self._graph_inputs.append(name)
+        return name
+
+    def graph(self, outputs: Sequence[tuple[str, TensorType]], hint: str = "body") -> GraphProto:
+        """This subgraph as a GraphProto: its declared inputs, `outputs` as (name, type)."""
+
+        def info(n: str, t: TensorType) -> Any:
+            return helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(np.dtype(t.dtype)),
+                                                 list(t.shape))
+
+        return helper.make_graph(self.nodes, self.fresh(self._hint(hint)),
+                                 [info(n, self._types[n]) for n in self._graph_inputs],
+                                 [info(n, t) for n, t in outputs])
 
     # -- opset-dependent helpers ---------------------------------------------------------------
     def reduce(self, op_type: str, x: str, axes: Sequence[int] | None, keepdims: bool,

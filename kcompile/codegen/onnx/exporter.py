@@ -179,6 +179,18 @@ def emit_node(ctx: EmitContext, node: Any, inputs: list[str], outputs: list[str]
 
 
 # -- clean-up passes on the ONNX node list -----------------------------------------------------------
+def _reads(node: onnx.NodeProto) -> list[str]:
+    """The tensors a node reads: its inputs and, for control flow (Loop, Scan), every name its
+    bodies read -- outer-scope values included (a superset, which is all the passes need)."""
+    names = list(node.input)
+    for a in node.attribute:
+        for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else
+                  a.graphs if a.type == onnx.AttributeProto.GRAPHS else []):
+            for inner in g.node:
+                names += _reads(inner)
+    return names
+
+
 def _fold_reshape(x: np.ndarray, shape: np.ndarray, allowzero: int = 0) -> np.ndarray:
     target = [x.shape[i] if d == 0 and not allowzero else int(d) for i, d in enumerate(shape)]
     return x.reshape(target)
@@ -239,7 +251,7 @@ def _dead_code(nodes: list[onnx.NodeProto], inits: dict[str, np.ndarray], output
     for node in reversed(nodes):
         if any(o in live for o in node.output):
             kept.append(node)
-            live.update(i for i in node.input if i)
+            live.update(i for i in _reads(node) if i)
     kept.reverse()
     return kept, {n: a for n, a in inits.items() if n in live}
 
@@ -251,7 +263,7 @@ def _gemm_bias(nodes: list[onnx.NodeProto], inits: dict[str, np.ndarray],
     fuses MatMul + Add into Gemm itself, but not Gemm + Add)."""
     uses: dict[str, int] = {}
     for node in nodes:
-        for i in node.input:
+        for i in _reads(node):
             uses[i] = uses.get(i, 0) + 1
     position = {o: k for k, node in enumerate(nodes) for o in node.output}
     position.update({n: -1 for n in (*inits, *graph_inputs)})

@@ -33,6 +33,7 @@ import numpy as np
 
 from kcompile.ir.core import TensorType, format_shape
 from kcompile.ir.opdef import Attr, defop
+from kcompile.ir.ops import rnn_onnx
 from kcompile.ir.ops._util import require_float, require_rank, same_dtype
 from kcompile.ir.ops.elementwise import _sigmoid
 
@@ -486,10 +487,7 @@ def _forward_onnx(cell: Cell):
     to Keras's processing order (a Slice that is dropped when only the final state is read)."""
 
     def rule(ctx, inputs, outputs, activation, go_backwards, recurrent_activation=None,
-             reset_after=False, masked=False):
-        if masked:
-            raise NotImplementedError(f"{cell.name}: exporting a masked recurrent layer to ONNX is not "
-                                      "supported yet")
+             reset_after=False):
         x, kernel, recurrent, bias, *states = inputs
         u = ctx.type(recurrent).shape[0]
         dtype = ctx.type(x).dtype
@@ -542,7 +540,8 @@ _ACT_ATTRS = {"activation": Attr(str, "tanh", lambda a: a in ACTIVATIONS, _ACT_H
 
 for _cell, _steps in ((SIMPLE, _simple_steps), (LSTM, _lstm_steps), (GRU, _gru_steps)):
     defop(_cell.name, attrs=_attrs(_cell), infer=_forward_infer(_cell),
-          ref=_forward_ref(_cell, _steps), vjp=_forward_vjp(_cell), onnx=_forward_onnx(_cell),
+          ref=_forward_ref(_cell, _steps), vjp=_forward_vjp(_cell),
+          onnx=rnn_onnx.forward(_cell.name, _forward_onnx(_cell)),  # masked: a Scan (rnn_onnx.py)
           doc=_DOCS[_cell.name] + " Inputs x, kernel, recurrent kernel, bias[, initial states][, mask "
               "(batch, time) with masked=True: a masked step carries the states].",
           tags=("rnn",))
@@ -552,13 +551,14 @@ _BPTT_DOC = (" Backpropagation through time, the sequential part of the recurren
              "the (batch, time) mask.")
 defop("simple_rnn_bptt", attrs={k: _ACT_ATTRS[k] for k in ("activation", "masked")},
       infer=_simple_bptt_infer, ref=_simple_bptt_ref, vjp=_no_second_order("simple_rnn_bptt"),
+      onnx=rnn_onnx.simple_rnn_bptt,
       doc="(y, recurrent, dy, dh_T) -> (dA, dh_0): dA the pre-activation gradients." + _BPTT_DOC,
       tags=("rnn",))
 defop("lstm_bptt", attrs=dict(_ACT_ATTRS), infer=_lstm_bptt_infer, ref=_lstm_bptt_ref,
-      vjp=_no_second_order("lstm_bptt"),
+      vjp=_no_second_order("lstm_bptt"), onnx=rnn_onnx.lstm_bptt,
       doc="(z, c_0, recurrent, dy, dh_T, dc_T) -> (dz, dh_0, dc_0): z the gates' pre-activations "
           "(i, f, c, o) of every step; c is recomputed." + _BPTT_DOC, tags=("rnn",))
 defop("gru_bptt", attrs={**_ACT_ATTRS, "reset_after": Attr(bool, True)}, infer=_gru_bptt_infer,
-      ref=_gru_bptt_ref, vjp=_no_second_order("gru_bptt"),
+      ref=_gru_bptt_ref, vjp=_no_second_order("gru_bptt"), onnx=rnn_onnx.gru_bptt,
       doc="(zx, hr, hp, recurrent, dy, dh_T) -> (dzx, dhr, dh_0): the input and recurrent parts of "
           "the gates' pre-activations and the states before each step." + _BPTT_DOC, tags=("rnn",))

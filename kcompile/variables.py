@@ -25,7 +25,7 @@ class Variable(TensorOps):
 
     def __init__(self, value: Any, name: str = "variable", trainable: bool = True,
                  dtype: str = "float32", path: str | None = None) -> None:
-        self._value = np.array(value, dtype=canonical_dtype(dtype), copy=True)
+        self._value = np.array(value, dtype=canonical_dtype(dtype), copy=True, order="C")
         self.name = name
         self.path = path or name
         self.trainable = trainable

@@ -1,6 +1,8 @@
 """The LLVM recurrent kernel (kernels/rnn.py) on plain IR graphs: compiled == eager for every cell
-at batch sizes that exercise each row-tile variant and the masked unit edge, batch 0, and the
-generated code: the step's K loop keeps its 6 x 4 accumulator tile in zmm registers, no spills."""
+at batch sizes that exercise each row-tile variant and the masked unit edge, batch 0; with run-time
+weights (a training step's: read row-major, the edge block masked) and with a (batch, time) mask
+(padded steps carry the states); and the generated code: the step's K loop keeps its 6 x 4
+accumulator tile in zmm registers, no spills."""
 
 from __future__ import annotations
 
@@ -25,17 +27,26 @@ def _cache(tmp_path, monkeypatch):
     monkeypatch.setenv("KCOMPILE_CACHE_DIR", str(tmp_path / "cache"))
 
 
-def _graph(op: str, attrs: dict, units: int, states: bool, t: int = 5, f: int = 3) -> Graph:
-    g = Graph(name=op)
+def _add_rnn(g: Graph, op: str, attrs: dict, units: int, states: bool, t: int = 5, f: int = 3,
+             runtime_weights: bool = False, masked: bool = False) -> list:
+    """One recurrent node with its own inputs (weights as graph inputs when `runtime_weights`, else
+    params; the bias is a param); returns its outputs."""
     gates = GATES[op]
     bias = (2, gates * units) if op == "gru" and attrs.get("reset_after", True) else (gates * units,)
     x = g.add_input(TensorType((None, t, f)), "x")
-    params = [g.add_param(TensorType(s), n) for s, n in (((f, gates * units), "kernel"),
-                                                       ((units, gates * units), "recurrent"),
-                                                       (bias, "bias"))]
+    weight = g.add_input if runtime_weights else g.add_param
+    weights = [weight(TensorType(s), n) for s, n in (((f, gates * units), "kernel"),
+                                                   ((units, gates * units), "recurrent"))]
     inits = [g.add_input(TensorType((None, units)), f"s{i}")
              for i in range(2 if op == "lstm" else 1)] if states else []
-    g.outputs = g.add_node(op, [x, *params, *inits], attrs)
+    mask = [g.add_input(TensorType((None, t)), "mask")] if masked else []
+    return g.add_node(op, [x, *weights, g.add_param(TensorType(bias), "bias"), *inits, *mask],
+                      {**attrs, "masked": masked})
+
+
+def _graph(op: str, attrs: dict, units: int, states: bool, t: int = 5, f: int = 3) -> Graph:
+    g = Graph(name=op)
+    g.outputs = _add_rnn(g, op, attrs, units, states, t, f)
     return g
 
 
@@ -61,6 +72,47 @@ def test_compiled_matches_eager(op, attrs, units, states):
         want = interpret(g, feeds, params)
         for a, w in zip(got, want, strict=True):
             assert a.shape == w.shape
+            assert_close(a, w)
+
+
+def _masks(batch: int, t: int, rng) -> np.ndarray:
+    """Random 0/1 steps, with leading, trailing and middle zeros, an all-padded and a full row."""
+    m = (rng.random((batch, t)) > 0.4).astype(np.float32)
+    for row, cols in enumerate([slice(0, 2), slice(t - 2, t), slice(t // 2, t // 2 + 1), slice(0, t)]):
+        if row < batch:
+            m[row] = 1.0
+            m[row, cols] = 0.0
+    if batch > 4:
+        m[4] = 1.0
+    return m
+
+
+@pytest.mark.parametrize(("op", "attrs", "units"), CASES,
+                         ids=[f"{o}-{'-'.join(a) or 'default'}-{u}" for o, a, u in CASES])
+def test_runtime_weights_and_mask(op, attrs, units):
+    """Three nodes in one compiled graph: run-time weights with initial states, run-time weights
+    masked without, static weights masked with initial states."""
+    t = 6
+    g = Graph(name=f"{op}_rt")
+    variants = [(True, False, True), (True, True, False), (False, True, True)]
+    g.outputs = [v for rt, masked, states in variants
+                 for v in _add_rnn(g, op, attrs, units, states, t, runtime_weights=rt, masked=masked)]
+    rng = np.random.default_rng(units + 1)
+    params = [(rng.standard_normal(p.shape) * 0.4).astype(np.float32) for p in g.params]
+    cg = compile_graph(g)
+    cg.set_params(params)
+    for batch in (1, 3, 7, 32):
+        feeds = []
+        for v in g.inputs:
+            if v.name == "mask":
+                feeds.append(_masks(batch, t, rng))
+            elif v.shape[0] is None:
+                feeds.append(rng.standard_normal((batch, *v.shape[1:])).astype(np.float32))
+            else:  # run-time weights
+                feeds.append((rng.standard_normal(v.shape) * 0.4).astype(np.float32))
+        got = cg.run(feeds)
+        want = interpret(g, feeds, params)
+        for a, w in zip(got, want, strict=True):
             assert_close(a, w)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 
 _FAMILIES = ("elementwise", "gemm", "fused", "reduce", "pool", "conv", "winograd", "movement", "random",
-             "backward", "conv_grad", "gather", "rnn")
+             "backward", "conv_grad", "gather", "rnn", "rnn_bptt")
 
 
 def load_all() -> None:

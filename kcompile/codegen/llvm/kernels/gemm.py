@@ -86,27 +86,44 @@ def _dim(kb: KernelBuilder, d, n: ir.Value) -> ir.Value:
 
 @lowering("matmul")
 def lower_matmul(ctx: KernelContext, node: Node) -> ir.Function:
-    program = (("matmul", ("i0", "i1"), tuple(sorted(node.attrs.items()))),)
+    a, w = node.inputs
+    attrs = tuple(sorted(node.attrs.items()))
+    program = (("matmul", ("i0", "i1"), attrs),)
+    if a.type.rank > 2 and w.type.rank == 2 and not node.attrs.get("transpose_a", False):
+        # (..., M, K) @ (K, N): the leading dims are rows of one GEMM, whose B is packed once
+        # rather than per batch item
+        rows = a.shape[:-1]
+        flat = Node("matmul", [Value(TensorType((None if None in rows else int(np.prod(rows)),
+                                                 a.shape[-1]), a.dtype)), w],
+                    node.attrs, [TensorType((None if None in rows else int(np.prod(rows)),
+                                             node.outputs[0].shape[-1]), a.dtype)], node.label)
+        return _row_view(ctx, node, flat, program, rows)
     return emit_gemm(ctx, node, program)
+
+
+def _row_view(ctx: KernelContext, node: Node, flat: Node, program: tuple, rows: tuple) -> ir.Function:
+    """Run the GEMM of a 2-D view whose row count is the product of `rows` (the operands are
+    contiguous, so the view is free): the view's kernel is called with the batch size scaled by
+    the static part of the product."""
+    inner = emit_gemm(ctx, flat, program)
+    fn, kb, ins, out, n, tid, nt = ctx.new_kernel(node, node.op)
+    static_rows = int(np.prod([d for d in rows if d is not None], dtype=np.int64))
+    kb.b.call(inner, [*ins, out, kb.b.mul(n, kb.i64(static_rows)) if None in rows else n, tid, nt])
+    kb.finish()
+    return fn
 
 
 @lowering("outer_sum")
 def lower_outer_sum(ctx: KernelContext, node: Node) -> ir.Function:
-    """a^T b over every leading dim: the GEMM of the (rows, P)^T x (rows, Q) view, called with the
-    batch size scaled to the row count (the operands are contiguous, so the view is free)."""
+    """a^T b over every leading dim: the GEMM of the (rows, P)^T x (rows, Q) view."""
     a, w = node.inputs
-    static_rows = int(np.prod([d for d in a.shape[:-1] if d is not None], dtype=np.int64))
-    rows = None if None in a.shape[:-1] else static_rows
-    flat = Node("matmul", [Value(TensorType((rows, a.shape[-1]), a.dtype)),
-                           Value(TensorType((rows, w.shape[-1]), w.dtype))],
+    rows = a.shape[:-1]
+    count = None if None in rows else int(np.prod(rows))
+    flat = Node("matmul", [Value(TensorType((count, a.shape[-1]), a.dtype)),
+                           Value(TensorType((count, w.shape[-1]), w.dtype))],
                 {"transpose_a": True}, [node.outputs[0].type], node.label)
     program = (("matmul", ("i0", "i1"), (("transpose_a", True), ("transpose_b", False))),)
-    inner = emit_gemm(ctx, flat, program)
-    fn, kb, ins, out, n, tid, nt = ctx.new_kernel(node, "outer_sum")
-    n_rows = kb.b.mul(n, kb.i64(static_rows)) if rows is None else n
-    kb.b.call(inner, [*ins, out, n_rows, tid, nt])
-    kb.finish()
-    return fn
+    return _row_view(ctx, node, flat, program, rows)
 
 
 def emit_gemm(ctx: KernelContext, node: Node, program: tuple) -> ir.Function:

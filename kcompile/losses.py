@@ -3,6 +3,11 @@
 `loss.build(e, y_true, y_pred, sample_weight)` appends the scalar loss to a graph with Keras's
 formulas and its default reduction, "sum_over_batch_size": sum(per-sample loss * weight) / number
 of per-sample losses.
+
+When the predictions carry a Keras mask (e.g. Embedding(mask_zero=True) -> LSTM(return_sequences=True)
+-> Dense), `build(..., mask=)` weights the per-sample losses as Keras's `apply_mask` does: a masked
+entry weighs 0, a valid one total/valid (total = entries of the mask, valid = its nonzero ones), so
+"sum_over_batch_size" is sum(loss * weight over valid entries) / valid (0 when nothing is valid).
 """
 
 from __future__ import annotations
@@ -34,13 +39,19 @@ class Loss:
     def per_sample(self, e: Emitter, y_true: Value, y_pred: Value) -> Value:
         raise NotImplementedError
 
-    def build(self, e: Emitter, y_true: Value, y_pred: Value, sample_weight: Value | None = None
-              ) -> Value:
+    def build(self, e: Emitter, y_true: Value, y_pred: Value, sample_weight: Value | None = None,
+              mask: Value | None = None) -> Value:
         losses = self.per_sample(e, y_true, y_pred)
+        weights = None
         if sample_weight is not None:
             from kcompile.metrics import broadcast_weights
 
-            losses = e.mul(losses, broadcast_weights(e, sample_weight, losses))
+            weights = broadcast_weights(e, sample_weight, losses)
+        if mask is not None:
+            m = mask_weights(e, mask, losses, self.reduction in ("sum_over_batch_size", "mean"))
+            weights = m if weights is None else e.mul(weights, m)
+        if weights is not None:
+            losses = e.mul(losses, weights)
         if self.reduction == "none":
             return losses
         total = e.sum(losses)
@@ -50,11 +61,20 @@ class Loss:
         return total
 
     def __call__(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> np.ndarray:
-        """Eager evaluation on arrays (as `keras.losses.X()(y_true, y_pred)`)."""
+        """Eager evaluation on arrays (as `keras.losses.X()(y_true, y_pred)`); a mask `y_pred`
+        carries (the output of a layer called on arrays) weights the losses, as in Keras."""
+        from kcompile.layers.base import get_keras_mask
+
+        mask = get_keras_mask(y_pred)
         y_pred = np.asarray(y_pred, np.float32)
         y_true = np.asarray(y_true, self.label_type(TensorType(y_pred.shape)).dtype)
         g, (t, p, w), feeds = eager_graph(self.name, y_true, y_pred, sample_weight)
-        g.outputs = [self.build(Emitter(g), t, p, w)]
+        m = None
+        if mask is not None:
+            mask = np.asarray(mask, np.float32)
+            m = g.add_input(TensorType(mask.shape, "float32"), "mask")
+            feeds.append(mask)
+        g.outputs = [self.build(Emitter(g), t, p, w, m)]
         return run(g, feeds)[0]
 
     # Keras config fields kcompile implements only at their default (written back as such)
@@ -75,6 +95,39 @@ class Loss:
 
         require_float32(cls.__name__, config.pop("dtype", None))
         return cls(**config)
+
+
+def align_mask(e: Emitter, mask: Value, like: Value) -> Value:
+    """The mask as 0/1 values of `like`'s dtype and rank (Keras casts masks to bool and
+    squeezes or expands a trailing size-1 axis to match ranks); not yet broadcast."""
+    m = e.compare(mask if mask.dtype == like.dtype else e.cast(mask, like.dtype), 0.0, "ne")
+    if m.type.rank == like.type.rank + 1 and m.shape[-1] == 1:
+        m = e.reshape(m, m.shape[:-1])
+    elif like.type.rank == m.type.rank + 1 and like.shape[-1] == 1:
+        m = e.reshape(m, (*m.shape, 1))
+    return m
+
+
+def _broadcast_mask(e: Emitter, m: Value, like: Value) -> Value:
+    if m.shape == like.shape:
+        return m
+    try:
+        return e.broadcast_like(m, like)
+    except ValueError:
+        raise ValueError(f"The mask the predictions carry, of shape {m.shape}, does not fit the "
+                         f"per-sample values of shape {like.shape}") from None
+
+
+def mask_weights(e: Emitter, mask: Value, like: Value, normalize: bool) -> Value:
+    """Keras's `apply_mask` weights for per-sample values `like`: 0 where masked, else 1, or with
+    `normalize` (reductions "sum_over_batch_size"/"mean") total/valid, where total is the number of
+    mask entries and valid the unmasked ones (0 weights when none is valid)."""
+    m = align_mask(e, mask, like)
+    if normalize:
+        total = e.sum(e.broadcast_like(e.const(1.0, m.dtype), m))
+        valid = e.sum(m)
+        m = e.mul(m, e.div(total, e.maximum(valid, 1.0)))
+    return _broadcast_mask(e, m, like)
 
 
 def eager_graph(name: str, y_true: np.ndarray, y_pred: np.ndarray, sample_weight: Any

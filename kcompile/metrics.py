@@ -14,7 +14,7 @@ import numpy as np
 from kcompile.ir.core import TensorType, Value
 from kcompile.ir.emit import Emitter
 from kcompile.ir.interpret import run
-from kcompile.losses import eager_graph
+from kcompile.losses import eager_graph, mask_weights
 
 
 class Metric:
@@ -33,14 +33,20 @@ class Metric:
         """Per-sample values (batch first); float32."""
         raise NotImplementedError
 
-    def build_total(self, e: Emitter, y_true: Value, y_pred: Value, sample_weight: Value | None
-                    ) -> tuple[Value, Value]:
-        """(sum of the batch's values, their count); weighted when `sample_weight` is given."""
+    def build_total(self, e: Emitter, y_true: Value, y_pred: Value, sample_weight: Value | None,
+                    mask: Value | None = None) -> tuple[Value, Value]:
+        """(sum of the batch's values, their count); weighted when `sample_weight` is given; a mask
+        on the predictions (Keras) leaves the masked values out of both."""
         vals = self.values(e, y_true, y_pred)
-        ones = e.broadcast_like(e.const(1.0), vals)
+        w = None
         if sample_weight is not None:
             w = broadcast_weights(e, sample_weight, vals)
+        if mask is not None:
+            m = mask_weights(e, mask, vals, normalize=False)
+            w = m if w is None else e.mul(w, m)
+        if w is not None:
             return e.sum(e.mul(vals, w)), e.sum(w)
+        ones = e.broadcast_like(e.const(1.0), vals)
         return e.sum(vals), e.sum(ones)
 
     # -- the stateful API ----------------------------------------------------------------------
@@ -56,12 +62,21 @@ class Metric:
         return self.total / self.count if self.count else 0.0
 
     def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> None:
-        """Eager update from arrays (runs the same IR through the interpreter)."""
+        """Eager update from arrays (runs the same IR through the interpreter); a mask `y_pred`
+        carries leaves masked values out, as in Keras."""
+        from kcompile.layers.base import get_keras_mask
+
+        mask = get_keras_mask(y_pred)
         y_pred = np.asarray(y_pred, np.float32)
         y_true = np.asarray(y_true)
         y_true = y_true.astype(np.int32 if y_true.dtype.kind in "iub" else np.float32)
         g, (t, p, w), feeds = eager_graph(self.name, y_true, y_pred, sample_weight)
-        g.outputs = list(self.build_total(Emitter(g, self.name), t, p, w))
+        m = None
+        if mask is not None:
+            mask = np.asarray(mask, np.float32)
+            m = g.add_input(TensorType(mask.shape, "float32"), "mask")
+            feeds.append(mask)
+        g.outputs = list(self.build_total(Emitter(g, self.name), t, p, w, m))
         total, count = run(g, feeds)
         self.accumulate(total, count)
 

@@ -178,6 +178,12 @@ def reshape(x: TensorLike, newshape: Sequence[int]) -> TensorLike:
     """Keras semantics; when tracing, -1 (or None) must stand for exactly the batch dimension."""
     target = tuple(newshape) if isinstance(newshape, Sequence) else (int(newshape),)
     in_shape = tuple(x.shape)
+    if in_shape.count(None) > 1:  # a variable-length trace: size-1 dims may come or go
+        unknown = tuple(None if d in (-1, None) else d for d in target)
+        if [d for d in unknown if d != 1] != [d for d in in_shape if d != 1]:
+            raise ValueError(f"reshape: cannot reshape {format_shape(in_shape)} to {target}: with "
+                             "several unknown dims only dims of size 1 may be added or removed")
+        return apply("reshape", [x], shape=unknown)
     if None in in_shape:
         fixed = math.prod(d for d in target if d not in (-1, None))
         known = math.prod(d for d in in_shape if d is not None)
@@ -198,6 +204,18 @@ def transpose(x: TensorLike, axes: Sequence[int] | None = None) -> TensorLike:
 
 def concatenate(xs: Sequence[TensorLike], axis: int = 0) -> TensorLike:
     return apply("concat", list(xs), axis=int(axis))
+
+
+def flip(x: TensorLike, axis: int | Sequence[int] | None = None) -> TensorLike:
+    """Keras's `flip`: `x` reversed along `axis` (every axis when None; one `reverse` op per axis).
+    When tracing, the batch axis cannot be reversed."""
+    rank = len(x.shape)
+    axes = range(rank) if axis is None else (axis,) if isinstance(axis, int | np.integer) else axis
+    for ax in axes:
+        if not -rank <= int(ax) < rank:
+            raise ValueError(f"flip: axis {ax} is out of range for rank {rank}")
+        x = apply("reverse", [x], axis=int(ax) % rank)
+    return x
 
 
 def pad(x: TensorLike, pad_width: Sequence[Sequence[int]], mode: str = "constant",

@@ -5,10 +5,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from kcompile.layers.base import InputSpec, KerasTensor, Layer
+from kcompile.layers.bidirectional import Bidirectional
 from kcompile.layers.conv import Conv1D, Conv2D
 from kcompile.layers.core import Activation, Dense, Dropout, Flatten, Reshape
 from kcompile.layers.embedding import Embedding
 from kcompile.layers.input_layer import Input, InputLayer
+from kcompile.layers.masking import Masking
 from kcompile.layers.merge import Add, Concatenate
 from kcompile.layers.normalization import BatchNormalization, LayerNormalization
 from kcompile.layers.pooling import (
@@ -47,6 +49,8 @@ __all__ += [
     "GlobalAvgPool1D", "GlobalMaxPool1D", "GlobalMaxPooling1D", "LayerNormalization", "MaxPool1D",
     "MaxPooling1D", "TimeDistributed",
 ]
+__all__ += ["Bidirectional"]
+__all__ += ["Masking"]
 
 
 def _registry() -> dict[str, type]:
@@ -122,10 +126,13 @@ def _entry_problems(entry: Any, custom_objects: dict[str, Any] | None, path: str
 
     problems: list[str] = []
     if issubclass(cls, Model) and isinstance(config.get("layers"), list):
-        for sub in config["layers"]:
+        from kcompile.models.functional import _without_mask_ops  # Keras's ops for masks
+
+        for sub in _without_mask_ops(config["layers"], config.get("output_layers"), custom_objects):
             problems += _entry_problems(sub, custom_objects, f"{path}{_entry_name(entry)}/")
-    if isinstance(config.get("layer"), dict):  # a wrapper's layer (TimeDistributed)
-        problems += _entry_problems(config["layer"], custom_objects, f"{path}{_entry_name(entry)}/")
+    for key in ("layer", "backward_layer"):  # a wrapper's layers (TimeDistributed, Bidirectional)
+        if isinstance(config.get(key), dict):
+            problems += _entry_problems(config[key], custom_objects, f"{path}{_entry_name(entry)}/")
     return problems
 
 

@@ -5,6 +5,13 @@ A layer's `call()` uses `kcompile.ops` only, so `Layer.__call__` can dispatch on
 - `Tracer`s (a model being lowered): ops record IR nodes;
 - `KerasTensor`s (Functional API construction): the call is traced once on scratch symbols to infer
   output shapes, and a `CallNode` records the connection for the model graph.
+
+Masks follow Keras 3: a tensor may carry a mask (`_keras_mask`; NumPy arrays keep theirs in a table
+keyed by identity, as Keras does for tensors that take no attributes). `__call__` passes the mask of
+the only tensor argument to a `call` that takes `mask`, and a layer that `supports_masking` sets
+`compute_mask(inputs, previous_mask)` on its outputs; other layers drop the mask with Keras's
+warning. kcompile's masks are float tensors, 1.0 where a step is real and 0.0 where it is padding
+(Keras's are bool), so they are ordinary IR values in traced graphs.
 """
 
 from __future__ import annotations
@@ -12,13 +19,15 @@ from __future__ import annotations
 import inspect
 import re
 import threading
+import warnings
+import weakref
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from kcompile import initializers, tree
+from kcompile import initializers, ops, tree
 from kcompile.ir.core import canonical_dtype, format_shape
 from kcompile.serialization import dtype_name, dtype_policy
 from kcompile.tracing import GraphBuilder, Tracer, current_builder, not_tracing, tracing
@@ -49,6 +58,7 @@ class KerasTensor:
         self.dtype = canonical_dtype(dtype)
         self.name = name
         self._keras_history: tuple[Layer, int, int] | None = None
+        self._keras_mask: KerasTensor | None = None
 
     @property
     def ndim(self) -> int:
@@ -60,6 +70,54 @@ class KerasTensor:
     def __array__(self, *args: Any, **kwargs: Any) -> np.ndarray:
         raise TypeError("A symbolic KerasTensor has no value; it only describes a model's "
                         "inputs/outputs. Build a Model and call it on data instead.")
+
+
+# -- masks ------------------------------------------------------------------------------------------
+_array_masks: dict[int, Any] = {}  # id(ndarray) -> mask, for arrays (which take no attributes)
+
+
+def get_keras_mask(x: Any) -> Any:
+    """The mask `x` carries (Keras's `_keras_mask`), or None."""
+    if isinstance(x, np.ndarray):
+        return _array_masks.get(id(x))
+    if isinstance(x, KerasTensor | Tracer):
+        return getattr(x, "_keras_mask", None)
+    return None
+
+
+def set_keras_mask(x: Any, mask: Any) -> None:
+    """Attach `mask` to `x` (None clears it); values other than tensors are left alone."""
+    if isinstance(x, KerasTensor | Tracer):
+        x._keras_mask = mask
+    elif isinstance(x, np.ndarray):
+        key = id(x)
+        if mask is None:
+            _array_masks.pop(key, None)
+            return
+        if key not in _array_masks:
+            weakref.finalize(x, _array_masks.pop, key, None)
+        _array_masks[key] = mask
+
+
+def float_mask(mask: Any, dtype: str = "float32") -> Any:
+    """A mask as 0/1 values of `dtype` (Keras's bool masks, or kcompile's float ones)."""
+    if isinstance(mask, Tracer):
+        return mask if mask.dtype == dtype else ops.cast(mask, dtype)
+    return (np.asarray(mask) != 0).astype(dtype)
+
+
+def _is_tensor(x: Any) -> bool:
+    return isinstance(x, np.ndarray | Tracer | KerasTensor)
+
+
+def _is_tensor_argument(value: Any) -> bool:
+    """Keras's rule: a tensor, or a non-empty structure of tensors (and Nones)."""
+    if _is_tensor(value):
+        return True
+    if tree.is_nested(value) and len(value) > 0:
+        flat = tree.flatten(value)
+        return all(x is None or _is_tensor(x) for x in flat)
+    return False
 
 
 class CallNode:
@@ -141,6 +199,8 @@ class Layer:
         self._non_trainable_variables: list[Variable] = []
         self._inbound_nodes: list[CallNode] = []
         self._build_shapes_arg: Any = None
+        # Keras: a layer that defines its own compute_mask supports masking; others may set it
+        self._supports_masking = type(self).compute_mask is not Layer.compute_mask
         if batch_input_shape is not None:
             self._batch_input_shape = tuple(batch_input_shape)
         elif input_shape is not None or input_dim is not None:
@@ -269,7 +329,66 @@ class Layer:
         with tracing(b):
             targs = tree.map_structure(lambda x: _to_tracer(b, x), (inputs, args, kwargs))
             out = self._traced_call(targs[0], *targs[1], **targs[2])
-        return tree.map_structure(lambda t: KerasTensor(t.shape, t.dtype), out)
+        return tree.map_structure(_to_spec, out)
+
+    # -- masking -------------------------------------------------------------------------------
+    @property
+    def supports_masking(self) -> bool:
+        """Whether this layer sets `compute_mask(inputs, previous_mask)` on its outputs (otherwise
+        a mask reaching it is dropped, with Keras's warning)."""
+        return self.__dict__.get("_supports_masking", False)
+
+    @supports_masking.setter
+    def supports_masking(self, value: bool) -> None:
+        self._supports_masking = bool(value)
+
+    def compute_mask(self, inputs: Any, previous_mask: Any) -> Any:
+        return previous_mask
+
+    def _fill_masks(self, params: Any, inputs: Any, args: tuple, kwargs: dict) -> Any:
+        """Keras's step "populate mask argument(s)": a `call` taking `mask` gets the mask of the
+        only tensor argument (with several tensor arguments, `<name>_mask` arguments get theirs).
+        Returns the previous mask: the mask argument, else the mask of the first input."""
+        if "mask" in params or any(name.endswith("_mask") for name in params):
+            try:
+                bound = self._call_signature().bind(inputs, *args, **kwargs)
+            except TypeError:
+                bound = None
+            if bound is not None:
+                bound.apply_defaults()
+                arguments = bound.arguments
+                tensors = {k: v for k, v in arguments.items() if _is_tensor_argument(v)}
+                if len(tensors) == 1:
+                    if "mask" in arguments and arguments["mask"] is None:
+                        kwargs["mask"] = tree.map_structure(get_keras_mask,
+                                                            next(iter(tensors.values())))
+                else:
+                    for name, value in tensors.items():
+                        if arguments.get(f"{name}_mask", 0) is None:
+                            kwargs[f"{name}_mask"] = tree.map_structure(get_keras_mask, value)
+        if kwargs.get("mask") is not None:
+            return kwargs["mask"]
+        return tree.map_structure(get_keras_mask, inputs)
+
+    def _set_output_masks(self, inputs: Any, outputs: Any, previous_mask: Any) -> None:
+        """Keras: outputs of a layer that supports masking get `compute_mask` (where they have no
+        mask yet); any other layer drops the mask, with a warning."""
+        if not self.supports_masking:
+            if any(m is not None for m in tree.flatten(previous_mask)):
+                warnings.warn(f"Layer '{self.name}' (of type {type(self).__name__}) was passed an "
+                              "input with a mask attached to it. However, this layer does not "
+                              "support masking and will therefore destroy the mask information. "
+                              "Downstream layers will not see the mask.", stacklevel=4)
+            return
+        flat = tree.flatten(outputs)
+        if all(get_keras_mask(x) is not None for x in flat):
+            return
+        masks = self.compute_mask(inputs, previous_mask)
+        if masks is None:
+            return
+        for x, mask in zip(flat, tree.flatten(masks), strict=False):
+            if mask is not None and get_keras_mask(x) is None:
+                set_keras_mask(x, mask)
 
     # -- calling -------------------------------------------------------------------------------
     def call(self, *args: Any, **kwargs: Any) -> Any:
@@ -295,6 +414,9 @@ class Layer:
             arr = arr.astype(self.dtype)
         elif arr.dtype.kind not in "fiub":
             raise TypeError(f"Layer '{self.name}': cannot take input of dtype {arr.dtype}")
+        mask = get_keras_mask(x)
+        if mask is not None and arr is not x:  # a converted input keeps its mask, as in Keras
+            set_keras_mask(arr, mask)
         return arr
 
     def _call_signature(self) -> inspect.Signature:
@@ -310,14 +432,19 @@ class Layer:
             training = training_context()
         if "training" in params:
             kwargs["training"] = bool(training)
+        previous_mask = self._fill_masks(params, inputs, args, kwargs)
         previous = training_context()
         _context.training = bool(training)
         b = current_builder()
         try:
             if b is not None:
                 with b.scope(self.name):
-                    return self.call(inputs, *args, **kwargs)
-            return self.call(inputs, *args, **kwargs)
+                    outputs = self.call(inputs, *args, **kwargs)
+                    self._set_output_masks(inputs, outputs, previous_mask)
+            else:
+                outputs = self.call(inputs, *args, **kwargs)
+                self._set_output_masks(inputs, outputs, previous_mask)
+            return outputs
         except (ValueError, TypeError) as err:
             if getattr(err, "_kc_named", False):
                 raise
@@ -380,7 +507,29 @@ def _is_shape(x: Any) -> bool:
 
 
 def _to_tracer(b: GraphBuilder, x: Any) -> Any:
-    return b.input(x.shape, x.dtype, x.name or "input") if isinstance(x, KerasTensor) else x
+    """A scratch symbol for a KerasTensor (and for its mask, which the symbol carries)."""
+    if not isinstance(x, KerasTensor):
+        return x
+    t = b.input(x.shape, x.dtype, x.name or "input")
+    mask = get_keras_mask(x)
+    if mask is not None:
+        set_keras_mask(t, tree.map_structure(lambda m: _to_tracer(b, m), mask))
+    return t
+
+
+def _to_spec(t: Any) -> Any:
+    """The KerasTensor of a traced output (with its mask's, if it has one)."""
+    spec = KerasTensor(t.shape, t.dtype)
+    mask = get_keras_mask(t)
+    if mask is not None:
+        spec._keras_mask = tree.map_structure(
+            lambda m: None if m is None else KerasTensor(np.shape(m) if isinstance(m, np.ndarray)
+                                                         else m.shape, _dtype_of(m)), mask)
+    return spec
+
+
+def _dtype_of(x: Any) -> str:
+    return x.dtype.name if isinstance(x, np.ndarray) else x.dtype
 
 
 def _holds_layers(value: Any) -> bool:

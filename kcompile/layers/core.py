@@ -38,6 +38,7 @@ class Dense(Layer):
         self.kernel_initializer = initializers.get(kernel_initializer)
         self.bias_initializer = initializers.get(bias_initializer)
         self.input_spec = InputSpec(min_ndim=2)
+        self.supports_masking = True
 
     def build(self, input_shape: tuple) -> None:
         if len(input_shape) < 2:
@@ -73,6 +74,7 @@ class Activation(Layer):
     def __init__(self, activation: Any, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.activation = activations.get(activation)
+        self.supports_masking = True
 
     def call(self, inputs: Any) -> Any:
         return self.activation(inputs)
@@ -95,6 +97,7 @@ class Dropout(Layer):
         self.seed = seed
         self._salt = int(seed) % 2**32 if seed is not None else random_state.draw_seed()
         self._eager_calls = 0
+        self.supports_masking = True
 
     def call(self, inputs: Any, training: bool = False) -> Any:
         if not training or self.rate == 0:

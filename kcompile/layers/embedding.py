@@ -9,14 +9,14 @@ import numpy as np
 
 from kcompile import initializers, ops
 from kcompile.layers._args import unsupported
-from kcompile.layers.base import KerasTensor, Layer
+from kcompile.layers.base import Layer
 
 
 class Embedding(Layer):
     """out[..., :] = embeddings[ids[...], :]. Ids that are not int32/int64 are cast to int32 (as
     Keras does); an id outside [0, input_dim) raises a ValueError naming the layer on every executor.
-    `mask_zero=True` is kept in the config (files round-trip) but calling such a layer raises
-    NotImplementedError until masks propagate to the layers that consume them."""
+    With `mask_zero=True` the output carries the mask `ids != 0` (a float 0/1 tensor) for the layers
+    downstream (recurrent layers skip padded steps; losses and metrics ignore them)."""
 
     def __init__(self, input_dim: int, output_dim: int, embeddings_initializer: Any = "uniform",
                  embeddings_regularizer: Any = None, embeddings_constraint: Any = None,
@@ -38,6 +38,7 @@ class Embedding(Layer):
         self.output_dim = int(output_dim)
         self.embeddings_initializer = initializers.get(embeddings_initializer)
         self.mask_zero = bool(mask_zero)
+        self.supports_masking = self.mask_zero
         if weights is not None:
             self.build()
             self.set_weights(weights if isinstance(weights, list) and len(weights) == 1
@@ -49,15 +50,15 @@ class Embedding(Layer):
                                               self.embeddings_initializer, name="embeddings")
         self.built = True
 
-    def compute_output_spec(self, inputs: Any, *args: Any, **kwargs: Any) -> Any:
-        if self.mask_zero:  # building a model (or loading a file) works; running it does not
-            return KerasTensor((*inputs.shape, self.output_dim), self.dtype)
-        return super().compute_output_spec(inputs, *args, **kwargs)
+    def compute_mask(self, inputs: Any, mask: Any = None) -> Any:
+        if not self.mask_zero:
+            return None
+        ids = inputs
+        if np.dtype(ids.dtype).kind != "f":  # every nonzero id is a nonzero float: exact
+            ids = ops.cast(ids, "float32")  # (and the compiled backend compares floats)
+        return ops.apply("compare", [ids, 0.0], predicate="ne")
 
     def call(self, inputs: Any) -> Any:
-        if self.mask_zero:
-            raise NotImplementedError(f"Embedding(mask_zero=True) '{self.name}': masking is not "
-                                      "supported yet")
         if inputs.dtype not in ("int32", "int64"):
             inputs = ops.cast(inputs, "int32")
         return ops.take(self.embeddings, inputs, axis=0)

@@ -8,7 +8,7 @@ from typing import Any
 from kcompile import initializers, ops
 from kcompile.ir.core import format_shape
 from kcompile.layers._args import unsupported
-from kcompile.layers.base import InputSpec, Layer
+from kcompile.layers.base import InputSpec, Layer, float_mask
 from kcompile.tracing import current_builder
 
 
@@ -46,6 +46,7 @@ class BatchNormalization(Layer):
         self.moving_mean_initializer = initializers.get(moving_mean_initializer)
         self.moving_variance_initializer = initializers.get(moving_variance_initializer)
         self.gamma = self.beta = None
+        self.supports_masking = True
 
     def build(self, input_shape: tuple) -> None:
         rank = len(input_shape)
@@ -67,19 +68,38 @@ class BatchNormalization(Layer):
         self.input_spec = InputSpec(ndim=rank, axes={self.axis: c})
         self.built = True
 
-    def call(self, inputs: Any, training: bool = False) -> Any:
+    def call(self, inputs: Any, training: bool = False, mask: Any = None) -> Any:
+        if mask is not None and len(mask.shape) != len(inputs.shape) - 1:
+            raise ValueError("The mask provided should be one dimension less than the inputs. "
+                             f"Received: mask.shape={format_shape(tuple(mask.shape))}, "
+                             f"inputs.shape={format_shape(tuple(inputs.shape))}")
         axis = self.axis % len(inputs.shape)
         if not (training and self.trainable):
             return ops.batch_normalization(inputs, self.moving_mean, self.moving_variance, axis,
                                            offset=self.beta, scale=self.gamma,
                                            epsilon=self.epsilon)
         reduce_axes = tuple(i for i in range(len(inputs.shape)) if i != axis)
-        mean = ops.mean(inputs, axis=reduce_axes)
-        variance = ops.mean(ops.square(ops.subtract(inputs, _broadcast(mean, axis, inputs))),
-                            axis=reduce_axes)
+        if mask is not None:
+            mean, variance = self._masked_moments(inputs, mask, axis, reduce_axes)
+        else:
+            mean = ops.mean(inputs, axis=reduce_axes)
+            variance = ops.mean(ops.square(ops.subtract(inputs, _broadcast(mean, axis, inputs))),
+                                axis=reduce_axes)
         self._update_moving_stats(mean, variance)
         return ops.batch_normalization(inputs, mean, variance, axis, offset=self.beta,
                                        scale=self.gamma, epsilon=self.epsilon)
+
+    def _masked_moments(self, inputs: Any, mask: Any, axis: int, reduce_axes: tuple) -> tuple:
+        """Keras's statistics over the unmasked positions only: sums over the weights (the mask
+        broadcast over the last axis) plus epsilon 1e-7."""
+        m = float_mask(mask, inputs.dtype)
+        m = ops.reshape(m, tuple(-1 if d is None else d for d in (*m.shape, 1)))
+        weights = ops.apply("broadcast_like", [m, inputs])
+        count = ops.add(ops.sum(weights, axis=reduce_axes), 1e-7)
+        mean = ops.divide(ops.sum(ops.multiply(inputs, weights), axis=reduce_axes), count)
+        centered = ops.multiply(ops.subtract(inputs, _broadcast(mean, axis, inputs)), weights)
+        variance = ops.divide(ops.sum(ops.square(centered), axis=reduce_axes), count)
+        return mean, variance
 
     def _update_moving_stats(self, mean: Any, variance: Any) -> None:
         """moving = moving * momentum + batch * (1 - momentum); a state update when tracing."""
@@ -137,6 +157,7 @@ class LayerNormalization(Layer):
         self.beta_initializer = initializers.get(beta_initializer)
         self.gamma_initializer = initializers.get(gamma_initializer)
         self.gamma = self.beta = None
+        self.supports_masking = True
 
     def build(self, input_shape: tuple) -> None:
         rank = len(input_shape)

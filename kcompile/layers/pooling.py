@@ -6,7 +6,7 @@ from typing import Any
 
 from kcompile import ops
 from kcompile.layers._args import channels_last, int_tuple, padding_mode
-from kcompile.layers.base import InputSpec, Layer
+from kcompile.layers.base import InputSpec, Layer, float_mask
 
 
 class _Pooling2D(Layer):
@@ -89,15 +89,31 @@ class _GlobalPooling1D(_GlobalPooling2D):
         super().__init__(data_format=data_format, keepdims=keepdims, **kwargs)
         self.input_spec = InputSpec(ndim=3)
 
-    def call(self, inputs: Any, mask: Any = None) -> Any:
-        if mask is not None:
-            raise NotImplementedError(f"{type(self).__name__} '{self.name}': masks are not "
-                                      "supported yet")
+    def call(self, inputs: Any) -> Any:
         return type(self)._op(inputs, axis=1, keepdims=self.keepdims)
 
 
 class GlobalAveragePooling1D(_GlobalPooling1D):
+    """The mean over the steps; with a mask (Keras), over the unmasked steps only."""
+
     _op = staticmethod(ops.mean)
+
+    def __init__(self, data_format: str | None = None, keepdims: bool = False,
+                 **kwargs: Any) -> None:
+        super().__init__(data_format=data_format, keepdims=keepdims, **kwargs)
+        self.supports_masking = True
+
+    def call(self, inputs: Any, mask: Any = None) -> Any:
+        if mask is None:
+            return ops.mean(inputs, axis=1, keepdims=self.keepdims)
+        m = float_mask(mask, inputs.dtype)
+        m = ops.reshape(m, tuple(-1 if d is None else d for d in (*m.shape, 1)))
+        total = ops.sum(ops.multiply(inputs, m), axis=1, keepdims=self.keepdims)
+        count = ops.sum(m, axis=1, keepdims=self.keepdims)
+        return ops.divide(total, count)
+
+    def compute_mask(self, inputs: Any, mask: Any = None) -> Any:
+        return None
 
 
 class GlobalMaxPooling1D(_GlobalPooling1D):

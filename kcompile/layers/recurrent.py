@@ -4,6 +4,10 @@ Each layer holds its weights in a cell sublayer named as Keras names it ("lstm_c
 paths ("lstm/lstm_cell/kernel"), order (kernel, recurrent_kernel, bias) and the `.keras` layout
 (`layers/lstm/cell/vars/0..2`) match Keras. The whole sequence is one IR op (`simple_rnn`, `lstm`,
 `gru`: kcompile/ir/ops/rnn.py) taking those weights as they are.
+
+Masks (Keras's: Embedding(mask_zero=True), Masking, or `mask=`) go to the op as its last input
+(`masked=True`): a masked step carries the states and repeats the output; zero_output_for_mask zeroes
+the outputs of masked steps here. The sequence output keeps the input's mask (return_sequences).
 """
 
 from __future__ import annotations
@@ -12,11 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from kcompile import activations, initializers, ops
+from kcompile import activations, initializers, ops, tree
 from kcompile.ir.core import format_shape
 from kcompile.ir.ops.rnn import ACTIVATIONS
 from kcompile.layers._args import unsupported
-from kcompile.layers.base import InputSpec, Layer
+from kcompile.layers.base import InputSpec, Layer, float_mask
 
 
 def _activation_name(value: Any, what: str, where: str) -> tuple[Any, str]:
@@ -127,6 +131,7 @@ class _RNN(Layer):
         self.unroll = bool(unroll)  # accepted; the op's time loop is the same either way
         self.zero_output_for_mask = bool(zero_output_for_mask)
         self.input_spec = InputSpec(ndim=3)
+        self.supports_masking = True
         self.cell = _Cell(self, self._cell_name)
 
     @property
@@ -158,9 +163,10 @@ class _RNN(Layer):
     def call(self, sequences: Any, initial_state: Any = None, mask: Any = None,
              training: bool = False) -> Any:
         where = f"{type(self).__name__} '{self.name}'"
+        if isinstance(mask, list | tuple):  # Keras takes the first of nested masks
+            mask = mask[0] if mask else None
         if mask is not None:
-            raise NotImplementedError(f"{where}: masking (Masking/Embedding(mask_zero=True) or a "
-                                      "`mask` argument) is not supported yet")
+            mask = self._check_mask(mask, sequences, where)
         states: list[Any] = []
         if initial_state is not None:
             states = list(initial_state) if isinstance(initial_state, list | tuple) \
@@ -174,11 +180,52 @@ class _RNN(Layer):
                                      f"{self.units}), got {format_shape(tuple(s.shape))}")
         cell = self.cell
         bias = cell.bias if cell.bias is not None else np.zeros(self._bias_shape(), self.dtype)
-        outs = ops.apply(self._op, [sequences, cell.kernel, cell.recurrent_kernel, bias, *states],
-                         **self._op_attrs())
-        sequence, finals = outs[0], list(outs[1:])
-        output = sequence if self.return_sequences else finals[0]
+        attrs = self._op_attrs()
+        extra = []
+        if mask is not None:
+            attrs["masked"] = True
+            extra = [mask]
+        if training and self._gates > 1:  # the training step's gradient reads the tape (rnn.py)
+            attrs["tape"] = True
+        outs = ops.apply(self._op, [sequences, cell.kernel, cell.recurrent_kernel, bias, *states,
+                                    *extra], **attrs)
+        sequence, finals = outs[0], list(outs[1:1 + self._states])
+        last = finals[0]
+        if mask is not None and self.zero_output_for_mask:
+            # Keras: the output of a masked step is zero (the states are still carried); the
+            # sequence is in processing order, so is the mask it is multiplied with
+            steps = ops.flip(mask, axis=1) if self.go_backwards else mask
+            if self.return_sequences:
+                sequence = ops.multiply(sequence, ops.reshape(
+                    steps, tuple(-1 if d is None else d for d in (*steps.shape, 1))))
+            else:  # the last output is the last processed step's
+                first = ops.apply("slice", [ops.flip(steps, axis=1)], axis=1, start=0, stop=1)
+                last = ops.multiply(last, first)
+        output = sequence if self.return_sequences else last
         return (output, *finals) if self.return_state else output
+
+    def _check_mask(self, mask: Any, sequences: Any, where: str) -> Any:
+        """The mask as the op takes it: (batch, timesteps), 0/1 in the input's dtype."""
+        shape = tuple(mask.shape)
+        want = tuple(sequences.shape[:2])
+        if len(shape) == 3 and shape[-1] == 1:  # Keras reads (batch, timesteps, 1) masks too
+            mask = ops.reshape(mask, tuple(-1 if d is None else d for d in shape[:2]))
+            shape = shape[:2]
+        if len(shape) != 2 or any(a is not None and b is not None and a != b
+                                  for a, b in zip(shape, want, strict=True)):
+            raise ValueError(f"{where}: the mask must have shape (batch, timesteps) = "
+                             f"{format_shape(want)} like the input {format_shape(sequences.shape)}"
+                             f", got a mask of shape {format_shape(shape)}")
+        return float_mask(mask, sequences.dtype)
+
+    def compute_mask(self, inputs: Any, mask: Any = None) -> Any:
+        """Keras: the input mask on the sequence output when returning sequences; the states
+        carry no mask."""
+        mask = tree.flatten(mask)[0]
+        output_mask = mask if self.return_sequences else None
+        if self.return_state:
+            return [output_mask] + [None] * self._states
+        return output_mask
 
     def compute_output_shape(self, sequences_shape: Any, initial_state_shape: Any = None) -> Any:
         n, t = sequences_shape[0], sequences_shape[1]

@@ -28,6 +28,7 @@ class TimeDistributed(Layer):
                 f"yet (supported: {', '.join(c.__name__ for c in _PER_STEP)})")
         self.layer = layer
         self.input_spec = InputSpec(min_ndim=3)
+        self.supports_masking = True  # Keras: the input mask passes through
 
     @property
     def _saveable_children(self) -> list[tuple[str, Layer]]:

@@ -9,7 +9,7 @@ import numpy as np
 
 from kcompile import layers as layers_module
 from kcompile import tree
-from kcompile.layers.base import CallNode, KerasTensor, Layer
+from kcompile.layers.base import CallNode, KerasTensor, Layer, set_keras_mask
 from kcompile.layers.input_layer import InputLayer
 from kcompile.models.lowering import InputSig
 from kcompile.models.model import Model
@@ -126,11 +126,15 @@ class Functional(Model):
     def _output_structure(self, lowered: Any) -> Any:
         return tree.map_structure(lambda _: 0, self._outputs_struct)
 
-    def call(self, inputs: Any, training: bool | None = None) -> Any:
+    def call(self, inputs: Any, training: bool | None = None, mask: Any = None) -> Any:
         flat = tree.flatten(inputs)
         if len(flat) != len(self.inputs):
             raise ValueError(f"Model '{self.name}' expects {len(self.inputs)} input(s), "
                              f"got {len(flat)}")
+        if mask is not None:  # Keras: the inputs carry the given masks into the graph
+            for x, m in zip(flat, tree.flatten(mask), strict=False):
+                if m is not None:
+                    set_keras_mask(x, m)
         values: dict[int, Any] = {id(t): v for t, v in zip(self.inputs, flat, strict=True)}
 
         def lookup(x: Any) -> Any:
@@ -294,6 +298,92 @@ def _serialize_node(node: CallNode, kept_index: Any) -> dict[str, Any]:
 
 
 # -- reading ---------------------------------------------------------------------------------------
+def _tensor_refs(x: Any) -> list[str]:
+    """Names of the layers whose outputs a serialized call argument refers to."""
+    if isinstance(x, dict):
+        if x.get("class_name") == "__keras_tensor__":
+            history = (x.get("config") or {}).get("keras_history")
+            return [history[0]] if isinstance(history, list | tuple) and history and \
+                isinstance(history[0], str) else []
+        return [r for v in x.values() for r in _tensor_refs(v)]
+    if isinstance(x, list | tuple):
+        return [r for v in x for r in _tensor_refs(v)]
+    return []
+
+
+def _io_refs(x: Any) -> list[str]:
+    if isinstance(x, list | tuple) and len(x) == 3 and isinstance(x[0], str):
+        return [x[0]]
+    if isinstance(x, dict):
+        return [r for v in x.values() for r in _io_refs(v)]
+    if isinstance(x, list | tuple):
+        return [r for v in x for r in _io_refs(v)]
+    return []
+
+
+def _without_mask_ops(entries: list[Any], outputs: Any,
+                      custom_objects: dict[str, Any] | None) -> list[Any]:
+    """Keras 3 records the masks it passed to layers as calls of Keras ops (Embedding's
+    `not_equal`, Masking's `not_equal`/`any`, the merges' `logical_or`, ...) feeding `mask=`
+    arguments. kcompile derives those masks again when the layers are called (a layer gets the mask
+    its input carries, as in Keras), so ops used by nothing but masks are left out, and the `mask=`
+    arguments that referred to them become None."""
+    ops = {layers_module._entry_name(e) for e in entries if isinstance(e, dict)
+           and layers_module._is_keras_op(e.get("module"))
+           and layers_module._resolve_class(e.get("class_name"), e.get("module"),
+                                            e.get("registered_name"), custom_objects) is None}
+    if not ops:
+        return entries
+    uses: dict[str, list[tuple[str | None, bool]]] = {}  # op -> (consumer, through a mask)
+    for entry in entries:
+        name = layers_module._entry_name(entry)
+        for node in (entry.get("inbound_nodes") or []) if isinstance(entry, dict) else []:
+            if not isinstance(node, dict):
+                for ref in _tensor_refs(node):
+                    uses.setdefault(ref, []).append((name, False))
+                continue
+            for ref in _tensor_refs(node.get("args")):
+                uses.setdefault(ref, []).append((name, False))
+            for key, value in (node.get("kwargs") or {}).items():
+                for ref in _tensor_refs(value):
+                    uses.setdefault(ref, []).append((name, key == "mask"))
+    for ref in _io_refs(outputs):
+        uses.setdefault(ref, []).append((None, False))
+    dropped = set(ops)
+    changed = True
+    while changed:
+        changed = False
+        for op in list(dropped):
+            if any(not masked and consumer not in dropped for consumer, masked in uses.get(op, [])):
+                dropped.discard(op)
+                changed = True
+    if not dropped:
+        return entries
+
+    def clear(x: Any) -> Any:
+        if isinstance(x, dict):
+            if x.get("class_name") == "__keras_tensor__":
+                return None if set(_tensor_refs(x)) & dropped else x
+            return {k: clear(v) for k, v in x.items()}
+        if isinstance(x, list | tuple):
+            return type(x)(clear(v) for v in x)
+        return x
+
+    kept = []
+    for entry in entries:
+        if layers_module._entry_name(entry) in dropped:
+            continue
+        nodes = entry.get("inbound_nodes") if isinstance(entry, dict) else None
+        if isinstance(nodes, list) and any(isinstance(n, dict) and "mask" in (n.get("kwargs") or {})
+                                           for n in nodes):
+            entry = {**entry, "inbound_nodes": [
+                {**n, "kwargs": {**n["kwargs"], "mask": clear(n["kwargs"]["mask"])}}
+                if isinstance(n, dict) and "mask" in (n.get("kwargs") or {}) else n
+                for n in nodes]}
+        kept.append(entry)
+    return kept
+
+
 class _NotYet(Exception):
     """A node refers to a call of a layer that has not been made yet."""
 
@@ -308,6 +398,7 @@ def _functional_from_config(cls: type, config: dict[str, Any],
     entries = config["layers"]
     if not isinstance(entries, list):
         raise ValueError(f"Functional '{model_name}': 'layers' must be a list of layer configs")
+    entries = _without_mask_ops(entries, config.get("output_layers"), custom_objects)
     layers_module.check_supported(entries, custom_objects)
 
     created: dict[str, Layer] = {}

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from kcompile import tree
-from kcompile.ir.core import Graph, Shape, format_shape
+from kcompile.ir.core import Graph, Shape, Value, format_shape
 from kcompile.ir.interpret import run as interpret
 from kcompile.tracing import GraphBuilder, Tracer, tracing
 from kcompile.variables import Variable
@@ -39,6 +39,9 @@ class Lowered:
     state_updates: list[Variable] = field(default_factory=list)  # trailing graph outputs update these
     num_outputs: int = 0
     needs_rng_key: bool = False
+    # the Keras mask each model output carries (a value of `graph`, not an output), or None: the
+    # training and test steps weight the loss and metrics with it
+    masks: list[Value | None] = field(default_factory=list)
 
 
 def lower(model: Model, sigs: Sequence[InputSig], structure: Any, training: bool) -> Lowered:
@@ -52,13 +55,26 @@ def lower(model: Model, sigs: Sequence[InputSig], structure: Any, training: bool
         if not isinstance(out, Tracer):
             raise TypeError(f"Model '{model.name}': call() returned {type(out).__name__}, "
                             "not a tensor computed from its inputs")
+    masks = [_mask_value(b, out) for out in flat]
     graph = b.graph
     graph.outputs = [t.value for t in flat] + [t.value for _, t in b.state_updates]
     _order_params(graph, b.variables, model.weights)
     variables = sorted(b.variables, key=_position(model.weights))
     graph.verify()
     return Lowered(graph, variables, [v for v, _ in b.state_updates], len(flat),
-                   needs_rng_key=any(v.name == "rng_key" for v in graph.inputs))
+                   needs_rng_key=any(v.name == "rng_key" for v in graph.inputs), masks=masks)
+
+
+def _mask_value(b: GraphBuilder, out: Tracer) -> Value | None:
+    """The graph value of the mask `out` carries (a Keras mask is one tensor per output)."""
+    from kcompile.layers.base import get_keras_mask
+
+    mask = get_keras_mask(out)
+    if isinstance(mask, Tracer) and mask.builder is b:
+        return mask.value
+    if isinstance(mask, np.ndarray):
+        return b.constant(mask)
+    return None
 
 
 def _position(weights: list[Variable]):

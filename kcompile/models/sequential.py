@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from kcompile import layers as layers_module
-from kcompile.layers.base import KerasTensor, Layer
+from kcompile.layers.base import KerasTensor, Layer, set_keras_mask
 from kcompile.layers.input_layer import InputLayer
 from kcompile.models.lowering import InputSig
 from kcompile.models.model import Model
@@ -114,7 +114,9 @@ class Sequential(Model):
         t = self._input_layer.output_tensor
         return [InputSig(self._input_layer.name, t.shape, t.dtype)], 0
 
-    def call(self, inputs: Any, training: bool | None = None) -> Any:
+    def call(self, inputs: Any, training: bool | None = None, mask: Any = None) -> Any:
+        if mask is not None:  # Keras: the input carries the given mask into the stack
+            set_keras_mask(inputs, mask)
         x = inputs
         for layer in self._seq_layers:
             x = layer(x)

@@ -30,6 +30,9 @@ if TYPE_CHECKING:
     from kcompile.models.model import Model
 
 
+TRAIN_METRICS_MASKED = False  # see TrainStep: what Keras 3 with the JAX backend reports
+
+
 def _lower_one_output(model: Model, sigs: Sequence[InputSig], structure: Any, training: bool
                       ) -> Lowered:
     lowered = lower(model, sigs, structure, training=training)
@@ -43,22 +46,26 @@ class _Targets:
     """y, the sample weights, the loss and the metric totals appended to a forward graph."""
 
     def __init__(self, model_name: str, g: Graph, y_pred: Value, loss: Loss,
-                 metrics: Sequence[Metric], weighted: Sequence[Metric]) -> None:
+                 metrics: Sequence[Metric], weighted: Sequence[Metric],
+                 mask: Value | None = None, mask_metrics: bool = True) -> None:
         self.model_name = model_name
         self.loss = loss
         label = loss.label_type(y_pred.type)
         self.label_type = label
         self.num_classes = y_pred.shape[-1] if y_pred.type.rank else 1
+        self.mask_shape = mask.shape if mask is not None else None
         y = g.add_input(TensorType(label.shape, label.dtype), "y_true")
         sw = g.add_input(TensorType((y_pred.shape[0],), "float32"), "sample_weight")
         e = Emitter(g, "loss")
-        self.loss_value = loss.build(e, y, y_pred, sw)
+        # a mask on the predictions (Keras's) weights the loss and the metrics (kcompile/losses.py)
+        self.loss_value = loss.build(e, y, y_pred, sw, mask)
         e.label = "metrics"
         self.metric_values: list[Value] = []
+        metric_mask = mask if mask_metrics else None
         for m in metrics:
-            self.metric_values += m.build_total(e, y, y_pred, None)
+            self.metric_values += m.build_total(e, y, y_pred, None, metric_mask)
         for m in weighted:
-            self.metric_values += m.build_total(e, y, y_pred, sw)
+            self.metric_values += m.build_total(e, y, y_pred, sw, metric_mask)
         self.metrics = [*metrics, *weighted]
 
     def check(self, y: Any, sample_weight: Any, batch: int) -> tuple[np.ndarray, np.ndarray]:
@@ -84,6 +91,14 @@ class _Targets:
             if sw.shape != (batch,):
                 raise ValueError(f"Model '{self.model_name}': sample_weight must have shape "
                                  f"({batch},), one weight per sample, got {format_shape(sw.shape)}")
+            mask = self.mask_shape
+            if mask is not None and batch != 1 and \
+                    not (len(mask) == 1 or (len(mask) == 2 and mask[1] == 1)):
+                # Keras multiplies the (batch,) weights into the (batch, steps) mask, which fails
+                raise ValueError(f"Model '{self.model_name}': per-sample weights (sample_weight or "
+                                 f"class_weight) cannot be combined with the mask of shape "
+                                 f"{format_shape(mask)} the model's output carries (Keras 3 "
+                                 "cannot broadcast them either); remove the mask or the weights")
         return np.ascontiguousarray(y, dtype=want.dtype), np.ascontiguousarray(sw)
 
     def accumulate(self, outs: Sequence[np.ndarray]) -> None:
@@ -109,7 +124,11 @@ class TrainStep:
         y_pred = g.outputs[0]
         state_outputs = g.outputs[1:]
         self.optimizer = optimizer
-        self.targets = _Targets(model.name, g, y_pred, loss, metrics, weighted)
+        # Keras 3 (JAX backend, the reference) masks the training loss but not the training
+        # metrics: its train step takes the predictions out of jax.value_and_grad, which drops
+        # their mask (its test step, and so evaluate, masks both)
+        self.targets = _Targets(model.name, g, y_pred, loss, metrics, weighted, lowered.masks[0],
+                                mask_metrics=TRAIN_METRICS_MASKED)
         lr = g.add_input(TensorType((), "float32"), "learning_rate")
         step = g.add_input(TensorType((), "float32"), "iterations")
         optimizer.build([self.variables[i] for i in self.trainable])
@@ -202,7 +221,8 @@ class TestStep:
                  explicit: bool) -> None:
         lowered = _lower_one_output(model, sigs, structure, False)
         g = lowered.graph
-        self.targets = _Targets(model.name, g, g.outputs[0], loss, metrics, weighted)
+        self.targets = _Targets(model.name, g, g.outputs[0], loss, metrics, weighted,
+                                lowered.masks[0])
         g.outputs = [self.targets.loss_value, *self.targets.metric_values]
         lowered.state_updates = []
         lowered.num_outputs = len(g.outputs)

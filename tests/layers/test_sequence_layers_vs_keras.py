@@ -213,15 +213,18 @@ def test_float_ids_are_truncated_like_keras_and_checked():
         model.predict(np.array([[5.2, 0, 0]], np.float32), verbose=0)
 
 
-def test_mask_zero_is_kept_in_the_config_but_not_run():
-    model = kcompile.Sequential([kcompile.Input((4,), dtype="int32"),
-                                 kcompile.layers.Embedding(6, 2, mask_zero=True),
-                                 kcompile.layers.GlobalAveragePooling1D()])
-    assert tuple(model.outputs[0].shape) == (None, 2)
-    assert model.layers[0].get_config()["mask_zero"] is True
-    with pytest.raises(NotImplementedError, match=r"Embedding\(mask_zero=True\).*masking is not "
-                                                  "supported yet"):
-        model.predict(np.ones((2, 4), np.int32), verbose=0)
+def test_mask_zero_runs_like_keras():
+    """GlobalAveragePooling1D averages the steps the Embedding's mask keeps (more in
+    test_masking_vs_keras.py)."""
+    keras = keras_module()
+    ours, theirs = (m.Sequential([m.Input((4,), dtype="int32"),
+                                  m.layers.Embedding(6, 2, mask_zero=True),
+                                  m.layers.GlobalAveragePooling1D()]) for m in (kcompile, keras))
+    assert tuple(ours.outputs[0].shape) == (None, 2)
+    assert ours.layers[0].get_config()["mask_zero"] is True
+    copy_weights(ours, theirs)
+    ids = np.array([[1, 2, 0, 0], [0, 0, 5, 3], [4, 0, 1, 0]], np.int32)
+    assert_close(ours.predict(ids, verbose=0), np.asarray(theirs(ids)))
 
 
 def test_wrong_rank_and_bad_options():

@@ -12,8 +12,12 @@ from kcompile.ir.ops._util import norm_axis, same_dtype
 
 
 def _is_target_shape(shape: tuple) -> bool:
-    return all(d is None or (isinstance(d, int) and d >= 0) for d in shape) and \
-        sum(d is None for d in shape) <= 1
+    return all(d is None or (isinstance(d, int) and d >= 0) for d in shape)
+
+
+def _unit_dims_only(a: tuple, b: tuple) -> bool:
+    """Whether a and b differ only by dims of size 1 (an expand_dims/squeeze)."""
+    return [d for d in a if d != 1] == [d for d in b if d != 1]
 
 
 def _reshape_infer(x: TensorType, shape: tuple) -> TensorType:
@@ -21,8 +25,10 @@ def _reshape_infer(x: TensorType, shape: tuple) -> TensorType:
     if (None in shape) != (None in x.shape):
         raise ValueError(f"reshape: cannot reshape {format_shape(x.shape)} to "
                          f"{format_shape(shape)}: the batch dim must be kept")
-    if x.shape.count(None) > 1:
-        raise ValueError(f"reshape: input {format_shape(x.shape)} has more than one batch dim")
+    if (x.shape.count(None) > 1 or shape.count(None) > 1) and not _unit_dims_only(x.shape, shape):
+        # a shape-only trace with a variable length: only size-1 dims may come or go
+        raise ValueError(f"reshape: cannot reshape {format_shape(x.shape)} to {format_shape(shape)} "
+                         "with more than one unknown dim")
     known_in = math.prod(d for d in x.shape if d is not None)
     known_out = math.prod(d for d in shape if d is not None)
     if known_in != known_out:
@@ -56,7 +62,8 @@ def _reshape_onnx(ctx, inputs, outputs, shape):
 
 
 defop("reshape", attrs={"shape": Attr(tuple, check=_is_target_shape,
-                                      help="ints >= 0 and at most one None (the batch dim)")},
+                                      help="ints >= 0 and None for the batch dim (or, in a "
+                                           "variable-length trace, unknown dims kept in place)")},
       infer=_reshape_infer, ref=_reshape_ref, num_inputs=1,
       vjp=lambda e, inputs, out, g, shape: [e.reshape(g, inputs[0].shape)], onnx=_reshape_onnx,
       doc="Row-major reshape; the symbolic batch dim is carried as `None` in the target.")

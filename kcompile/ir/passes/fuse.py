@@ -9,8 +9,6 @@ the output's shape, which the kernels can read at the store.
 
 from __future__ import annotations
 
-import math
-
 from kcompile.ir.core import Graph, Node, Value
 from kcompile.ir.opdef import get_op
 
@@ -60,7 +58,7 @@ def _epilogue_operand_ok(group: _Group, v: Value, static: set[Value]) -> bool:
     if v.shape == out_shape:
         return True
     channels = out_shape[-1]
-    per_channel = v.type.rank <= len(out_shape) and math.prod(v.shape[:-1] or (1,)) == 1 and \
+    per_channel = v.type.rank <= len(out_shape) and all(d == 1 for d in v.shape[:-1]) and \
         v.shape and v.shape[-1] in (1, channels)
     return v in static and (v.type.rank == 0 or bool(per_channel))
 

@@ -1,7 +1,8 @@
 """The LLVM recurrent kernel (kernels/rnn.py) on plain IR graphs: compiled == eager for every cell
 at batch sizes that exercise each row-tile variant and the masked unit edge, batch 0; with run-time
 weights (a training step's: read row-major, the edge block masked) and with a (batch, time) mask
-(padded steps carry the states); and the generated code: the step's K loop keeps its 6 x 4
+(padded steps carry the states); with the tape (tape=True: the gates' pre-activations as extra
+outputs, a training step's forward); and the generated code: the step's K loop keeps its 6 x 4
 accumulator tile in zmm registers, no spills."""
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def _cache(tmp_path, monkeypatch):
 
 
 def _add_rnn(g: Graph, op: str, attrs: dict, units: int, states: bool, t: int = 5, f: int = 3,
-             runtime_weights: bool = False, masked: bool = False) -> list:
+             runtime_weights: bool = False, masked: bool = False, tape: bool = False) -> list:
     """One recurrent node with its own inputs (weights as graph inputs when `runtime_weights`, else
     params; the bias is a param); returns its outputs."""
     gates = GATES[op]
@@ -41,7 +42,7 @@ def _add_rnn(g: Graph, op: str, attrs: dict, units: int, states: bool, t: int = 
              for i in range(2 if op == "lstm" else 1)] if states else []
     mask = [g.add_input(TensorType((None, t)), "mask")] if masked else []
     return g.add_node(op, [x, *weights, g.add_param(TensorType(bias), "bias"), *inits, *mask],
-                      {**attrs, "masked": masked})
+                      {**attrs, "masked": masked, **({"tape": True} if tape else {})})
 
 
 def _graph(op: str, attrs: dict, units: int, states: bool, t: int = 5, f: int = 3) -> Graph:
@@ -87,16 +88,22 @@ def _masks(batch: int, t: int, rng) -> np.ndarray:
     return m
 
 
-@pytest.mark.parametrize(("op", "attrs", "units"), CASES,
-                         ids=[f"{o}-{'-'.join(a) or 'default'}-{u}" for o, a, u in CASES])
-def test_runtime_weights_and_mask(op, attrs, units):
+RT_CASES = [(*c, False) for c in CASES] + [(*c, True) for c in CASES if c[0] != "simple_rnn"]
+
+
+@pytest.mark.parametrize(("op", "attrs", "units", "tape"), RT_CASES,
+                         ids=[f"{o}-{'-'.join(a) or 'default'}-{u}{'-tape' if tp else ''}"
+                              for o, a, u, tp in RT_CASES])
+def test_runtime_weights_and_mask(op, attrs, units, tape):
     """Three nodes in one compiled graph: run-time weights with initial states, run-time weights
-    masked without, static weights masked with initial states."""
+    masked without, static weights masked with initial states; with the tape, every output of
+    every node (the tape of masked steps included) matches the ref."""
     t = 6
     g = Graph(name=f"{op}_rt")
     variants = [(True, False, True), (True, True, False), (False, True, True)]
     g.outputs = [v for rt, masked, states in variants
-                 for v in _add_rnn(g, op, attrs, units, states, t, runtime_weights=rt, masked=masked)]
+                 for v in _add_rnn(g, op, attrs, units, states, t, runtime_weights=rt, masked=masked,
+                                   tape=tape)]
     rng = np.random.default_rng(units + 1)
     params = [(rng.standard_normal(p.shape) * 0.4).astype(np.float32) for p in g.params]
     cg = compile_graph(g)

@@ -202,6 +202,15 @@ CASES: list[Case] = [
          {"masked": True}, name="masked-state"),
     Case("simple_rnn", (X((N, 4, 3)), W((3, 2)), W((2, 2)), W((2,)), X((N, 4), gen="mask")),
          {"masked": True}, name="masked"),
+    # the tape (a training step's forward): the gates' pre-activations as extra outputs
+    Case("lstm", (X((N, 4, 3)), W((3, 8)), W((2, 8)), W((8,)), X((N, 2)), X((N, 2))),
+         {"tape": True, "go_backwards": True}, name="tape-states-backwards"),
+    Case("lstm", (X((N, 5, 3)), W((3, 8)), W((2, 8)), W((8,)), X((N, 5), gen="mask")),
+         {"tape": True, "masked": True}, name="tape-masked"),
+    Case("gru", (X((N, 4, 3)), W((3, 6)), W((2, 6)), W((2, 6))), {"tape": True}, name="tape"),
+    Case("gru", (X((N, 4, 3)), W((3, 6)), W((2, 6)), W((6,)), X((N, 2)), X((N, 4), gen="mask")),
+         {"tape": True, "reset_after": False, "go_backwards": True, "masked": True},
+         name="tape-reset-before-masked"),
     # the sequential part of the recurrent gradients (processing order)
     Case("simple_rnn_bptt", (X((N, 4, 2)), W((2, 2)), X((N, 4, 2)), X((N, 2)))),
     Case("simple_rnn_bptt", (X((N, 4, 2)), W((2, 2)), X((N, 4, 2)), X((N, 2)), X((N, 4), gen="mask")),

@@ -118,3 +118,59 @@ def test_masked_steps_carry_states_and_get_no_gradient():
     for d in (dx, dk, dr, db):
         np.testing.assert_array_equal(d, 0)
     np.testing.assert_allclose(dh0, 2 * T * feeds[-1])
+
+
+def _tape_graph(op: str, attrs: dict, with_states: bool, masked: bool, tape: bool):
+    """The loss of `_graph` (cotangents on the sequence and the final states) on a node with or
+    without the tape, and its gradients."""
+    g = Graph(name=f"tape_{op}")
+    gates = GATES[op]
+    bias = (2, gates * U) if op == "gru" and attrs.get("reset_after", True) else (gates * U,)
+    shapes = [(None, T, F), (F, gates * U), (U, gates * U), bias]
+    if with_states:
+        shapes += [(None, U)] * (2 if op == "lstm" else 1)
+    xs = [g.add_input(TensorType(s, "float64"), f"x{i}") for i, s in enumerate(shapes)]
+    mask = [g.add_node("constant", [], {"value": MASK})[0]] if masked else []
+    outs = g.add_node(op, xs + mask, {**attrs, "masked": masked, "tape": tape})
+    outs = outs[:3 if op == "lstm" else 2]
+    ws = [g.add_input(TensorType(o.shape, "float64"), f"w{k}") for k, o in enumerate(outs)]
+    y = None
+    for out, w in zip(outs, ws, strict=True):
+        term = g.add_node("sum", [g.add_node("mul", [out, w])[0]], {"axes": None})[0]
+        y = term if y is None else g.add_node("add", [y, term])[0]
+    g.outputs = [y, *grad(g, y, xs)]
+    return g, [*xs, *ws]
+
+
+TAPE_CASES = [c for c in CASES if c[0] != "simple_rnn"]
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["unmasked", "masked"])
+@pytest.mark.parametrize("with_states", [False, True], ids=["zero-state", "initial-state"])
+@pytest.mark.parametrize(("op", "attrs"), TAPE_CASES, ids=[f"{o}-{'-'.join(a) or 'default'}"
+                                                           for o, a in TAPE_CASES])
+def test_tape_gives_the_recomputed_gradients(op, attrs, with_states, masked):
+    """With tape=True the vjp reads the gates' pre-activations from the forward's extra outputs
+    instead of recomputing them with two GEMMs over all steps: the same gradients (to rounding),
+    and no GEMM over the inputs x or the earlier states h remains but the weight gradients'."""
+    plain, values = _tape_graph(op, attrs, with_states, masked, False)
+    taped, _ = _tape_graph(op, attrs, with_states, masked, True)
+    rng = np.random.default_rng(5)
+    feeds = [rng.standard_normal(tuple(N if d is None else d for d in v.shape)) for v in values]
+    for got, want in zip(run(taped, feeds), run(plain, feeds), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-13)
+    gemms = {g: sum(n.op == "matmul" for n in graph.nodes) for g, graph in (("plain", plain),
+                                                                            ("taped", taped))}
+    recomputed = 2 if op == "lstm" or attrs.get("reset_after", True) else 3
+    assert gemms["plain"] - gemms["taped"] == recomputed
+
+
+def test_tape_outputs_have_no_gradient():
+    g = Graph()
+    x = g.add_input(TensorType((None, T, F), "float64"), "x")
+    w = [g.add_input(TensorType(s, "float64"), n) for s, n in (((F, 4 * U), "k"), ((U, 4 * U), "r"),
+                                                                ((4 * U,), "b"))]
+    *_, z = g.add_node("lstm", [x, *w], {"tape": True})
+    y = g.add_node("sum", [z], {"axes": None})[0]
+    with pytest.raises(NotImplementedError, match="tape outputs"):
+        grad(g, y, [x])

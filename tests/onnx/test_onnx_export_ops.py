@@ -37,7 +37,7 @@ REFERENCE_WRONG = {"max_pool2d_grad"}
 # with onnx.reference, which in turn ignores `activations` (and rejects Relu): the cases with other
 # activations than the defaults are float32 only, checked with onnxruntime.
 ORT_NO_FLOAT64 |= {"simple_rnn", "lstm", "lstm-states-backwards", "gru",
-                   "gru-reset-before-state-backwards"}
+                   "gru-reset-before-state-backwards", "lstm-tape-states-backwards", "gru-tape"}
 REFERENCE_IGNORES_ACTIVATIONS = {"simple_rnn-state-backwards-relu", "lstm-activations"}
 # Every op has a rule (the BPTT chains and the masked recurrent ops are Scans, rnn_onnx.py); an op
 # without one would make the export raise NotImplementedError naming it.

@@ -110,10 +110,12 @@ FORWARD_IDS = [f"{c}{'-reset_before' if c == 'gru' and not ra else ''}{'-backwar
                f"{'-states' if st else ''}-{a[0]}-{a[1]}" for c, ra, gb, st, a in FORWARD]
 
 
-def _forward_graph(cell, reset_after, go_backwards, states, acts, masked=True):
+def _forward_graph(cell, reset_after, go_backwards, states, acts, masked=True, tape=False):
     g_units = GATES[cell] * U
     n_states = 2 if cell == "lstm" else 1
     attrs = {"activation": acts[0], "go_backwards": go_backwards, "masked": masked}
+    if tape:
+        attrs["tape"] = True
     if cell != "simple_rnn":
         attrs["recurrent_activation"] = acts[1]
     if cell == "gru":
@@ -172,6 +174,28 @@ def test_masked_steps_carry_the_state():
     np.testing.assert_array_equal(h[0], y[0, 2])
     np.testing.assert_array_equal(y[1], np.broadcast_to(h0[1], (6, U)))
     np.testing.assert_array_equal(c[1], c0[1])
+
+
+# -- the tape ------------------------------------------------------------------------------------------
+TAPE = [(cell, ra, gb, st, masked, acts) for cell in ("lstm", "gru")
+        for ra in ((True, False) if cell == "gru" else (False,))
+        for gb, st, masked, acts in ((False, False, False, ("tanh", "sigmoid")),
+                                     (True, True, False, ("tanh", "sigmoid")),
+                                     (True, False, True, ("relu", "tanh")),
+                                     (False, True, True, ("tanh", "sigmoid")))]
+TAPE_IDS = [f"{c}{'-reset_before' if c == 'gru' and not ra else ''}{'-backwards' if gb else ''}"
+            f"{'-states' if st else ''}{'-masked' if m else ''}-{a[0]}" for c, ra, gb, st, m, a in TAPE]
+
+
+@pytest.mark.parametrize(("cell", "reset_after", "go_backwards", "states", "masked", "acts"), TAPE,
+                         ids=TAPE_IDS)
+def test_forward_with_tape(cell, reset_after, go_backwards, states, masked, acts):
+    """tape=True: the gates' pre-activations recomputed from the sequence output with MatMuls over
+    all steps, next to ONNX's LSTM/GRU (unmasked) or the Scan (masked); one step included."""
+    build, draw, params = _forward_graph(cell, reset_after, go_backwards, states, acts, masked,
+                                         tape=True)
+    proto = _check(build, draw, params)
+    assert ("Scan" if masked else cell.upper()) in op_types(proto)
 
 
 # -- backpropagation through time ----------------------------------------------------------------------

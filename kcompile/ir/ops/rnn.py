@@ -16,12 +16,20 @@ Outputs: the hidden state after every step (N, T, U) in processing order, then t
 (N, U). With go_backwards the input is read from the last step to the first and the sequence output
 stays in processing order -- reversed with respect to the input, as Keras returns it.
 
+The tape (attr tape=True, lstm and gru; a layer asks for it when tracing for training): extra
+outputs after those, the gates' pre-activations of every step in processing order as the forward
+computed them, which the gradient then reads instead of recomputing them: lstm z (N, T, 4U) =
+x_t W + b + h_{t-1} R; gru zx (N, T, 3U) = x_t W + b_in and hr (N, T, 3U) = the recurrent parts
+(reset_after: h_{t-1} R + b_rec; else [h_{t-1} R_zr, (r * h_{t-1}) R_h]). A masked step writes what
+it computed from the carried state (its gradient is zero anyway). simple_rnn needs none: its BPTT
+reads the outputs.
+
 The gradient is a decomposition (`_forward_vjp`): the gates' pre-activations of every step are
-recomputed from the saved outputs with two GEMMs over all steps at once, only the chain through time
-is an op (`simple_rnn_bptt`, `lstm_bptt`, `gru_bptt`: one (N, G*U) x (G*U, U) GEMM per step with the
-gate derivatives fused), and dx, dW, dR, db are GEMMs and sums over all steps again. Nothing but the
-outputs lives between the forward and backward passes, and the executors' fast GEMMs do most of
-the work.
+the tape, or without one recomputed from the saved outputs with two GEMMs over all steps at once;
+only the chain through time is an op (`simple_rnn_bptt`, `lstm_bptt`, `gru_bptt`: one
+(N, G*U) x (G*U, U) GEMM per step with the gate derivatives fused), and dx, dW, dR, db are GEMMs and
+sums over all steps again. Nothing but the outputs (and the tape) lives between the forward and
+backward passes, and the executors' fast GEMMs do most of the work.
 """
 
 from __future__ import annotations
@@ -76,6 +84,7 @@ class Cell:
 SIMPLE = Cell("simple_rnn", 1, 1, "RNN", (0,))
 LSTM = Cell("lstm", 4, 2, "LSTM", (0, 3, 1, 2))  # Keras i, f, c, o -> ONNX i, o, f, c
 GRU = Cell("gru", 3, 1, "GRU", (0, 1, 2))  # z, r, h in both
+TAPES = {"lstm": 1, "gru": 2}  # tape outputs with tape=True: lstm z; gru zx, hr (each (N, T, G*U))
 
 
 # --- types -------------------------------------------------------------------------------------------
@@ -125,7 +134,7 @@ def _check_mask(op: str, mask: TensorType | None, n, t) -> None:
 
 
 def _forward_infer(cell: Cell):
-    def infer(*types, reset_after=False, masked=False, **_attrs):
+    def infer(*types, reset_after=False, masked=False, tape=False, **_attrs):
         extra = 1 if masked else 0
         if len(types) not in (4 + extra, 4 + cell.states + extra):
             raise ValueError(f"{cell.name}: takes x, kernel, recurrent kernel, bias, optionally "
@@ -134,7 +143,8 @@ def _forward_infer(cell: Cell):
         mask = types[-1] if masked else None
         x, kernel, recurrent, bias, *states = types[:len(types) - extra]
         n, t, u, dtype = _check(cell, cell.name, x, kernel, recurrent, bias, states, reset_after, mask)
-        return [TensorType((n, t, u), dtype)] + [TensorType((n, u), dtype)] * cell.states
+        tapes = [TensorType((n, t, cell.gates * u), dtype)] * TAPES[cell.name] if tape else []
+        return [TensorType((n, t, u), dtype)] + [TensorType((n, u), dtype)] * cell.states + tapes
 
     return infer
 
@@ -172,16 +182,17 @@ def _lstm_cell(z, c, u, activation, recurrent_activation):
 
 
 def _lstm_steps(x, kernel, recurrent, bias, states, mask, activation, recurrent_activation,
-                go_backwards):
+                go_backwards, tape=False):
     xs, ms, (h, c), y = _start(x, recurrent, states, go_backwards, 2, mask)
     u = recurrent.shape[0]
     xp = np.matmul(xs, kernel) + bias
+    z = np.empty(xp.shape, x.dtype)  # the tape: every step's pre-activations
     for k in range(x.shape[1]):
-        _, _, _, o, c_new = _lstm_cell(xp[:, k] + h @ recurrent, c, u, activation,
-                                       recurrent_activation)
+        z[:, k] = xp[:, k] + h @ recurrent
+        _, _, _, o, c_new = _lstm_cell(z[:, k], c, u, activation, recurrent_activation)
         h = y[:, k] = _keep(ms, k, o * activate(activation, c_new), h)
         c = _keep(ms, k, c_new, c)
-    return y, [h, c]
+    return y, [h, c] + ([z] if tape else [])
 
 
 def _gru_recurrent(h, recurrent, bias, reset_after, u, zx, recurrent_activation):
@@ -204,17 +215,19 @@ def _gru_cell(zx, hr, h, u, activation, recurrent_activation, reset_after):
 
 
 def _gru_steps(x, kernel, recurrent, bias, states, mask, activation, recurrent_activation,
-               go_backwards, reset_after):
+               go_backwards, reset_after, tape=False):
     """Keras's GRU: z and r from x and h; the candidate uses r * (h R_h + b_rh) with reset_after,
     (r * h) R_h without; h' = z * h + (1 - z) * candidate."""
     xs, ms, (h,), y = _start(x, recurrent, states, go_backwards, 1, mask)
     u = recurrent.shape[0]
     xp = np.matmul(xs, kernel) + (bias[0] if reset_after else bias)
+    hrs = np.empty(xp.shape, x.dtype)  # the tape: zx = xp and every step's recurrent parts
     for k in range(x.shape[1]):
-        hr = _gru_recurrent(h, recurrent, bias, reset_after, u, xp[:, k], recurrent_activation)
+        hr = hrs[:, k] = _gru_recurrent(h, recurrent, bias, reset_after, u, xp[:, k],
+                                        recurrent_activation)
         h_new = _gru_cell(xp[:, k], hr, h, u, activation, recurrent_activation, reset_after)[3]
         h = y[:, k] = _keep(ms, k, h_new, h)
-    return y, [h]
+    return y, [h] + ([xp, hrs] if tape else [])
 
 
 def _forward_ref(cell: Cell, steps: Callable):
@@ -229,9 +242,10 @@ def _forward_ref(cell: Cell, steps: Callable):
 
 # --- backpropagation through time ----------------------------------------------------------------
 # The gradient is a decomposition: every GEMM that does not sit on the recurrence (the gates'
-# pre-activations recomputed for all steps from the saved outputs; dx, dW, dR, db) is an ordinary
-# matmul/sum node, and only the chain through time is an op of its own (`*_bptt`), whose step is one
-# (N, G*U) x (G*U, U) GEMM with the gate derivatives fused in. Everything is in processing order.
+# pre-activations recomputed for all steps from the saved outputs -- unless the forward wrote them to
+# its tape outputs, tape=True; dx, dW, dR, db) is an ordinary matmul/sum node, and only the chain
+# through time is an op of its own (`*_bptt`), whose step is one (N, G*U) x (G*U, U) GEMM with the
+# gate derivatives fused in. Everything is in processing order.
 def _bptt_masks(ms, t):
     """Per step (m, 1 - m) as (N, 1) arrays, or (1, 0) without a mask."""
     if ms is None:
@@ -382,10 +396,16 @@ class _Projector:
 
 def _forward_vjp(cell: Cell):
     def vjp(e, inputs, outs, gs, activation, go_backwards, masked=False, recurrent_activation="sigmoid",
-            reset_after=False):
+            reset_after=False, tape=False):
         x, kernel, recurrent, bias, *rest = inputs
         mask = rest.pop() if masked else None
         states = rest
+        n_out = 1 + cell.states
+        tapes = outs[n_out:]
+        if any(g is not None for g in gs[n_out:]):
+            raise NotImplementedError(f"{cell.name}: the tape outputs (the gates' pre-activations) "
+                                      "have no gradient; read only the sequence and the states")
+        outs, gs = outs[:n_out], gs[:n_out]
         y, *finals = outs
         dy, *dfinals = [g if g is not None else e.zeros_like(o) for o, g in zip(outs, gs, strict=True)]
         n, t, _ = x.shape
@@ -396,14 +416,14 @@ def _forward_vjp(cell: Cell):
         h0 = states[0] if states else e.zeros_like(finals[0])
         h0 = e.reshape(h0, (n, 1, u))
         hp = h0 if t == 1 else e.op("concat", h0, e.op("slice", y, axis=1, start=0, stop=t - 1), axis=1)
-        xw = p.times(xs, kernel)
+        xw = None if tape else p.times(xs, kernel)
         acts = {"activation": activation, "masked": masked}
         if cell is SIMPLE:
             dz, dh0 = e.ops("simple_rnn_bptt", y, recurrent, dy, dfinals[0], *ms, **acts)
             d_init, d_in = [dh0], dz
             drec, dbias = p.outer(hp, dz), e.sum(dz, (0, 1))
         elif cell is LSTM:
-            z = e.add(e.add(xw, p.times(hp, recurrent)), bias)
+            z = tapes[0] if tape else e.add(e.add(xw, p.times(hp, recurrent)), bias)
             c0 = states[1] if states else e.zeros_like(finals[1])
             dz, dh0, dc0 = e.ops("lstm_bptt", z, c0, recurrent, dy, *dfinals, *ms,
                                  recurrent_activation=recurrent_activation, **acts)
@@ -413,7 +433,12 @@ def _forward_vjp(cell: Cell):
             def part(v, axis, lo, hi):
                 return e.op("slice", v, axis=axis, start=lo * u, stop=hi * u)
 
-            if reset_after:
+            if tape:
+                zx, hr = tapes
+                if not reset_after:
+                    r = _act_node(e, recurrent_activation, e.add(part(zx, 2, 1, 2), part(hr, 2, 1, 2)))
+                    rh = e.mul(r, hp)
+            elif reset_after:
                 row = [e.reshape(e.op("slice", bias, axis=0, start=j, stop=j + 1), (3 * u,)) for j in (0, 1)]
                 zx, hr = e.add(xw, row[0]), e.add(p.times(hp, recurrent), row[1])
             else:
@@ -524,6 +549,8 @@ def _attrs(cell: Cell) -> dict[str, Attr]:
         attrs["recurrent_activation"] = Attr(str, "sigmoid", lambda a: a in ACTIVATIONS, _ACT_HELP)
     if cell is GRU:
         attrs["reset_after"] = Attr(bool, True)
+    if cell is not SIMPLE:
+        attrs["tape"] = Attr(bool, False)
     return attrs
 
 
@@ -532,6 +559,14 @@ _DOCS = {
     "lstm": "Keras LSTM over a whole sequence (gates i, f, c, o); outputs sequence, h, c.",
     "gru": "Keras GRU over a whole sequence (gates z, r, h; reset_after or before the recurrent "
            "GEMM); outputs sequence, h.",
+}
+
+_TAPE_DOC = {
+    "lstm": " With tape=True a fourth output z (batch, time, 4 units): every step's gate pre-activations "
+            "(processing order), which the gradient reads instead of recomputing them.",
+    "gru": " With tape=True two more outputs zx and hr (batch, time, 3 units): every step's input and "
+           "recurrent parts of the gate pre-activations (processing order), which the gradient reads "
+           "instead of recomputing them.",
 }
 
 _ACT_ATTRS = {"activation": Attr(str, "tanh", lambda a: a in ACTIVATIONS, _ACT_HELP),
@@ -543,7 +578,8 @@ for _cell, _steps in ((SIMPLE, _simple_steps), (LSTM, _lstm_steps), (GRU, _gru_s
           ref=_forward_ref(_cell, _steps), vjp=_forward_vjp(_cell),
           onnx=rnn_onnx.forward(_cell.name, _forward_onnx(_cell)),  # masked: a Scan (rnn_onnx.py)
           doc=_DOCS[_cell.name] + " Inputs x, kernel, recurrent kernel, bias[, initial states][, mask "
-              "(batch, time) with masked=True: a masked step carries the states].",
+              "(batch, time) with masked=True: a masked step carries the states]."
+              + (_TAPE_DOC[_cell.name] if _cell is not SIMPLE else ""),
           tags=("rnn",))
 
 _BPTT_DOC = (" Backpropagation through time, the sequential part of the recurrent gradient (the rest is "

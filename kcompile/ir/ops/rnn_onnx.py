@@ -26,6 +26,7 @@ from kcompile.ir.core import TensorType
 
 _UNARY = {"tanh": "Tanh", "sigmoid": "Sigmoid", "relu": "Relu"}
 _GATES = {"simple_rnn": 1, "lstm": 4, "gru": 3}
+_TAPES = {"simple_rnn": 0, "lstm": 1, "gru": 2}  # the tape outputs of a forward op with tape=True
 
 
 class _Writer:
@@ -145,14 +146,52 @@ def _mask_steps(ctx, mask: str, dtype: str | None, backwards: bool) -> str:
 # --- masked forward ops ----------------------------------------------------------------------------
 def forward(cell: str, unmasked: Callable) -> Callable:
     """The onnx rule of forward op `cell`: `unmasked` (ONNX's RNN/LSTM/GRU) without a mask, a Scan
-    that carries the states over masked steps with one."""
+    that carries the states over masked steps with one. The tape (tape=True) is recomputed from the
+    sequence output with MatMuls over all steps (`_tape`): ONNX's LSTM/GRU do not expose the gates."""
 
-    def rule(ctx, inputs, outputs, masked=False, **attrs):
+    def rule(ctx, inputs, outputs, masked=False, tape=False, **attrs):
+        n_tape = _TAPES[cell] if tape else 0
+        main = outputs[:len(outputs) - n_tape]
         if not masked:
-            return unmasked(ctx, inputs, outputs, **attrs)
-        return _masked_forward(cell, ctx, inputs, outputs, **attrs)
+            unmasked(ctx, inputs, main, **attrs)
+        else:
+            _masked_forward(cell, ctx, inputs, main, **attrs)
+        if tape:
+            _tape(cell, ctx, inputs[:len(inputs) - masked], main[0], outputs[len(main):], **attrs)
 
     return rule
+
+
+def _tape(cell: str, ctx, inputs, y: str, outputs, activation, go_backwards,
+          recurrent_activation="sigmoid", reset_after=False) -> None:
+    """The tape outputs from the sequence output y (N, T, U), as the op's vjp recomputes them without
+    one: h before each step hp = [h0, y[:, :-1]]; lstm z = xs W + hp R + b; gru zx = xs W + b_in and
+    hr = hp R + b_rec (reset_after) or [hp R_zr, (r * hp) R_h]. xs is x in processing order; a
+    masked step's y is the carried state, so this is what the step computed there too."""
+    x, kernel, recurrent, bias, *states = inputs
+    dtype = ctx.type(x).dtype
+    u = ctx.type(recurrent).shape[0]
+    w = _Writer(ctx, dtype)
+    xs = ctx.node("Slice", [x, ctx.ints([-1]), ctx.ints([-2**63]), ctx.ints([1]), ctx.ints([-1])]) \
+        if go_backwards else x
+    h0 = states[0] if states else _zeros_state(ctx, x, u, dtype)
+    before = ctx.node("Slice", [y, ctx.ints([0]), ctx.ints([-1]), ctx.ints([1])])  # y[:, :-1]
+    hp = ctx.node("Concat", [ctx.node("Unsqueeze", [h0, ctx.ints([1])]), before], axis=1)
+    xw = ctx.node("MatMul", [xs, kernel])
+    if cell == "lstm":
+        ctx.node("Add", [ctx.node("Add", [xw, ctx.node("MatMul", [hp, recurrent])]), bias], [outputs[0]])
+        return
+    if reset_after:
+        b_in, b_rec = (ctx.node("Gather", [bias, ctx.const(np.asarray(j, np.int64))], axis=0)
+                       for j in (0, 1))
+        ctx.node("Add", [xw, b_in], [outputs[0]])
+        ctx.node("Add", [ctx.node("MatMul", [hp, recurrent]), b_rec], [outputs[1]])
+        return
+    zx = ctx.node("Add", [xw, bias], [outputs[0]])
+    hzr = ctx.node("MatMul", [hp, _cols(ctx, recurrent, 0, 2 * u)])
+    r = w.act(recurrent_activation, w.op("Add", w.split(zx, u, 3)[1], w.split(hzr, u, 2)[1]))
+    rh = ctx.node("MatMul", [w.op("Mul", r, hp), _cols(ctx, recurrent, 2 * u, 3 * u)])
+    ctx.node("Concat", [hzr, rh], [outputs[1]], axis=-1)
 
 
 def _zeros_state(ctx, x: str, u: int, dtype: str) -> str:

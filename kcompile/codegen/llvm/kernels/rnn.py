@@ -31,6 +31,13 @@ GRU with reset_after=False needs r for every unit before the candidate's recurre
 (r * h) @ R_h, so its step runs in two passes per row tile: the first computes z, r * h and the
 candidate's input part for all units into a per-thread scratch, the second the GEMM over r * h
 with the blend fused after it.
+
+The tape (attr tape=True, a training step's forward): the gates' pre-activations are written from
+the accumulators, before the nonlinearities, into the extra outputs at the step's row (processing
+order) -- LSTM z (the sum with the bias, 4 stores per row and block), GRU zx and hr, whose input and
+recurrent parts then accumulate apart (6 accumulators instead of 4, so fewer rows per tile). A masked
+step writes what it computed from the carried state: the BPTT multiplies that step's gradients by
+the mask, so nothing reads them.
 """
 
 from __future__ import annotations
@@ -78,7 +85,9 @@ class _Plan:
         self.u = r.shape[0]
         self.has_states = bool(states)
         self.gates = GATES[node.op]
-        self.acc = ACCUMULATORS[node.op]
+        self.tape = bool(node.attrs.get("tape", False))
+        # gru with the tape: the input and recurrent parts of z and r accumulate apart
+        self.acc = 6 if self.tape and node.op == "gru" else ACCUMULATORS[node.op]
         self.vw = vw
         self.blocks = -(-self.u // vw)
         self.edge = self.u % vw != 0
@@ -135,6 +144,7 @@ def lower_rnn(ctx: KernelContext, node: Node) -> ir.Function:
     mask_in = ins[-1] if plan.masked else None
     y, h_out = outs[0], outs[1]
     c_state = outs[2] if node.op == "lstm" else None
+    tapes = outs[(3 if node.op == "lstm" else 2):] if plan.tape else []
     t_len, f, u, vw = plan.t, plan.f, plan.u, plan.vw
     # threads split the batch rows (at most SLOTS of them when the step needs a per-thread scratch)
     workers = kb.min_i64(nt, kb.i64(SLOTS)) if plan.reset_before else nt
@@ -183,6 +193,8 @@ def lower_rnn(ctx: KernelContext, node: Node) -> ir.Function:
                     b.mul(p, kb.i64(vw)), kb.i64(f), kb.i64(u)]
             if plan.masked:  # the rows' mask at input position t
                 args.append(kb.gep(mask_in, b.add(b.mul(m0, kb.i64(t_len)), t)))
+            for tp in tapes:  # the rows' step k of the tape outputs (N, T, G*U)
+                args.append(kb.gep(tp, b.mul(b.add(b.mul(m0, kb.i64(t_len)), k), kb.i64(plan.gates * u))))
             return args
 
         if plan.reset_before:  # per row tile: z, r * h, x_h for every unit, then the candidate
@@ -241,10 +253,15 @@ def _micro_kernel(ctx: KernelContext, plan: _Plan, rows: int, kind: str) -> ir.F
 
     kind "step" is a whole step; GRU with reset_after=False takes two: "gates" writes z, x_h + b_h
     and r * h_{t-1} for the block into the scratch (c_row), "candidate" reads r * h as its A
-    operand against R_h and blends."""
+    operand against R_h and blends.
+
+    With the tape, the trailing arguments are the rows' step of the tape outputs, written with the
+    pre-activations (GRU: the input parts in accumulators 0-2, the recurrent h part in 3 and, for z
+    and r, in the two after the input ones)."""
     ctx.counter += 1
+    n_tape = (1 if plan.op == "lstm" else 2) if plan.tape else 0
     fn = define(ctx.module, f"k{ctx.counter}_{plan.op}_{kind}_{rows}",
-                [PTR, PTR, I64, PTR, PTR, PTR, PTR, PTR, I64, I64, I64] + [PTR] * plan.masked,
+                [PTR, PTR, I64, PTR, PTR, PTR, PTR, PTR, I64, I64, I64] + [PTR] * (plan.masked + n_tape),
                 ctx.target)
     # Not inlined, and the reduction lengths are arguments: with constant trip counts LLVM unrolls
     # the K loops completely, and the copies of the B vectors then spill the accumulators.
@@ -253,8 +270,10 @@ def _micro_kernel(ctx: KernelContext, plan: _Plan, rows: int, kind: str) -> ir.F
     b = kb.b
     x_row, h_row, h_rs, w_panel, r_panel, bias, y_row, c_row, u0, f_len, u_len = fn.args[:11]
     m_row = fn.args[11] if plan.masked else None
+    tape_rows = fn.args[11 + plan.masked:]
     t_len, f, u, vw, g = plan.t, plan.f, plan.u, plan.vw, plan.gates
-    n_acc = {"step": plan.acc, "gates": 3, "candidate": 1}[kind]
+    split = plan.tape and plan.op == "gru"  # the input and recurrent parts of z, r apart
+    n_acc = {"step": plan.acc, "gates": 5 if split else 3, "candidate": 1}[kind]
     accs = [[kb.var(kb.vec_type(), kb.vconst(0.0)) for _ in range(n_acc)] for _ in range(rows)]
     xs = [kb.gep(x_row, kb.i64(r * t_len * f)) for r in range(rows)]
     hs = [kb.gep(h_row, b.mul(h_rs, kb.i64(r))) for r in range(rows)]
@@ -285,9 +304,12 @@ def _micro_kernel(ctx: KernelContext, plan: _Plan, rows: int, kind: str) -> ir.F
         accumulate([scratch_row(2, r) for r in range(rows)], r_panel, u_len, [(2, 0)], plan.r_layout)
     else:
         accumulate(xs, w_panel, f_len, [(j, j) for j in range(g)], plan.w_layout)
-        # gru: the recurrent part of the candidate has its own accumulator (reset_after), or none
+        # gru: the recurrent part of the candidate has its own accumulator (reset_after), or none;
+        # with the tape those of z and r too (after the input parts)
+        hz = (4 if kind == "step" else 3) if split else 0
         recurrent = {"lstm": [(j, j) for j in range(4)], "simple_rnn": [(0, 0)],
-                     "gru": [(0, 0), (1, 1)] + ([] if kind == "gates" else [(2, 3)])}[plan.op]
+                     "gru": [(0, hz), (1, hz + 1 if split else 1)]
+                     + ([] if kind == "gates" else [(2, 3)])}[plan.op]
         accumulate(hs, r_panel, u_len, recurrent, plan.r_layout)
 
     def load(ptr: ir.Value, offset: ir.Value) -> ir.Value:
@@ -298,6 +320,10 @@ def _micro_kernel(ctx: KernelContext, plan: _Plan, rows: int, kind: str) -> ir.F
 
     def bias_at(gate: int, row: int = 0) -> ir.Value:
         return load(bias, b.add(kb.i64(row * g * u + gate * u), u0))
+
+    def to_tape(which: int, gate: int, r: int, value: ir.Value) -> None:
+        """Row r's units u0.. of `gate` in tape output `which` at this step."""
+        store(value, tape_rows[which], b.add(kb.i64(r * t_len * g * u + gate * u), u0))
 
     act = lambda v: _activate(kb, plan.act, v)  # noqa: E731
     ract = lambda v: _activate(kb, plan.ract, v)  # noqa: E731
@@ -313,18 +339,31 @@ def _micro_kernel(ctx: KernelContext, plan: _Plan, rows: int, kind: str) -> ir.F
         # masked: a padded step (mask 0) keeps this row's states
         keep = b.fcmp_unordered("!=", kb.load(m_row, r * t_len), kb.f32(0.0)) if plan.masked else None
         if kind == "gates":  # the scratch rows are padded to whole blocks: plain vector stores
-            z, rg = ract(b.fadd(pre[0], bs[0])), ract(b.fadd(pre[1], bs[1]))
+            zx = [b.fadd(pre[j], bs[j]) for j in range(3)]
+            z_pre, r_pre = zx[0], zx[1]
+            if split:
+                for j in range(3):
+                    to_tape(0, j, r, zx[j])
+                to_tape(1, 0, r, pre[3])
+                to_tape(1, 1, r, pre[4])
+                z_pre, r_pre = b.fadd(z_pre, pre[3]), b.fadd(r_pre, pre[4])
+            z, rg = ract(z_pre), ract(r_pre)
             kb.vstore(z, scratch_row(0, r), u0)
-            kb.vstore(b.fadd(pre[2], bs[2]), scratch_row(1, r), u0)
+            kb.vstore(zx[2], scratch_row(1, r), u0)
             kb.vstore(b.fmul(rg, load(hs[r], u0)), scratch_row(2, r), u0)
             continue
         if kind == "candidate":
+            if plan.tape:
+                to_tape(1, 2, r, pre[0])
             z = kb.vload(scratch_row(0, r), u0)
             hh = act(b.fadd(kb.vload(scratch_row(1, r), u0), pre[0]))
             h = kb.fma(z, load(hs[r], u0), b.fmul(b.fsub(one, z), hh))
         elif plan.op == "lstm":
-            i_g, f_g = ract(b.fadd(pre[0], bs[0])), ract(b.fadd(pre[1], bs[1]))
-            g_g, o_g = act(b.fadd(pre[2], bs[2])), ract(b.fadd(pre[3], bs[3]))
+            zs = [b.fadd(pre[j], bs[j]) for j in range(4)]
+            if plan.tape:
+                for j in range(4):
+                    to_tape(0, j, r, zs[j])
+            i_g, f_g, g_g, o_g = ract(zs[0]), ract(zs[1]), act(zs[2]), ract(zs[3])
             c_off = b.add(kb.i64(r * u), u0)
             c_prev = load(c_row, c_off)
             c = kb.fma(f_g, c_prev, b.fmul(i_g, g_g))
@@ -332,6 +371,15 @@ def _micro_kernel(ctx: KernelContext, plan: _Plan, rows: int, kind: str) -> ir.F
             if keep is not None:
                 c = b.select(keep, c, c_prev)
             store(c, c_row, c_off)
+        elif plan.op == "gru" and split:
+            zx = [b.fadd(pre[j], b_in[j]) for j in range(3)]
+            hr = [b.fadd(pre[4], b_rec[0]), b.fadd(pre[5], b_rec[1]), b.fadd(pre[3], b_rec[2])]
+            for j in range(3):
+                to_tape(0, j, r, zx[j])
+                to_tape(1, j, r, hr[j])
+            z, rg = ract(b.fadd(zx[0], hr[0])), ract(b.fadd(zx[1], hr[1]))
+            hh = act(kb.fma(rg, hr[2], zx[2]))
+            h = kb.fma(z, load(hs[r], u0), b.fmul(b.fsub(one, z), hh))
         elif plan.op == "gru":
             z = ract(b.fadd(pre[0], b.fadd(b_in[0], b_rec[0])))
             rg = ract(b.fadd(pre[1], b.fadd(b_in[1], b_rec[1])))

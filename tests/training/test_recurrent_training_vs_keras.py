@@ -1,4 +1,4 @@
-"""Training recurrent models (eager: BPTT through the IR's lstm_grad/gru_grad/simple_rnn_grad)
+"""Training recurrent models (BPTT: the IR's decomposition around lstm_bptt/gru_bptt/simple_rnn_bptt)
 against real Keras 3 on identical weights and data: three Adam steps, losses and weights."""
 
 from __future__ import annotations
@@ -32,15 +32,18 @@ def _model(mod, cls, kw, loss):
                                             activation="softmax" if classify else None)])
 
 
-@pytest.mark.parametrize(("cls", "kw", "loss"), CASES,
-                         ids=[f"{c}-{'-'.join(k)}-{loss[:4]}" for c, k, loss in CASES])
-def test_adam_steps_match_keras(cls, kw, loss):
+RUNS = [(*case, "eager") for case in CASES] + [(*CASES[k], "compiled") for k in (1, 3, 4)]
+
+
+@pytest.mark.parametrize(("cls", "kw", "loss", "executor"), RUNS,
+                         ids=[f"{c}-{'-'.join(k)}-{loss[:4]}-{ex}" for c, k, loss, ex in RUNS])
+def test_adam_steps_match_keras(cls, kw, loss, executor):
     keras = keras_module()
     ours, theirs = _model(kcompile, cls, kw, loss), _model(keras, cls, kw, loss)
     rng = np.random.default_rng(1)
     ours.set_weights([(rng.standard_normal(w.shape) * 0.5).astype(np.float32) for w in ours.weights])
     theirs.set_weights(ours.get_weights())
-    ours.compile(kcompile.optimizers.Adam(0.01), loss, jit_compile=False)
+    ours.compile(kcompile.optimizers.Adam(0.01), loss, jit_compile=executor == "compiled")
     theirs.compile(keras.optimizers.Adam(0.01), loss)
     y = Y_INT if loss.startswith("sparse") else Y_SEQ
     for _ in range(3):
@@ -70,7 +73,7 @@ def test_encoder_decoder_trains_through_initial_state():
           rng.standard_normal((6, 4, 2)).astype(np.float32)]
     y = rng.standard_normal((6, 4, 1)).astype(np.float32)
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "Model .* runs eagerly", RuntimeWarning)
+        warnings.simplefilter("error", RuntimeWarning)  # compiled: no eager fallback
         for _ in range(2):
             np.testing.assert_allclose(ours.train_on_batch(xs, y), float(theirs.train_on_batch(xs, y)),
                                        rtol=1e-4, atol=1e-6)
@@ -82,7 +85,7 @@ def test_variable_length_fit():
     """An Input with a free time dim trains on batches of any length (one trace per length)."""
     model = kcompile.Sequential([kcompile.Input((None, 3)), kcompile.layers.GRU(4),
                                  kcompile.layers.Dense(1)])
-    model.compile(kcompile.optimizers.Adam(0.01), "mse", jit_compile=False)
+    model.compile(kcompile.optimizers.Adam(0.01), "mse", jit_compile=True)
     for length in (3, 5):
         x = RNG.standard_normal((4, length, 3)).astype(np.float32)
         history = model.fit(x, x[:, -1, :1], epochs=2, batch_size=2, verbose=0)

@@ -1,8 +1,11 @@
-"""The benchmark models (DESIGN.md section 7) and ONNX twins of them for onnxruntime.
+"""The benchmark models (DESIGN.md section 7, and issue 7's LSTM) and ONNX twins of them for
+onnxruntime.
 
-The ONNX graphs are written here from the models' weights with plain Gemm/Conv/Relu/MaxPool/
-GlobalAveragePool/Softmax nodes (NCHW, as onnxruntime's CPU kernels prefer), so the benchmark does
-not depend on kcompile's own exporter being finished.
+The MLP's and the convnet's ONNX graphs are written here from the models' weights with plain
+Gemm/Conv/Relu/MaxPool/GlobalAveragePool/Softmax nodes (NCHW, as onnxruntime's CPU kernels prefer),
+so those rows do not depend on kcompile's own exporter. The LSTM's is kcompile's own export
+(`model.export(path, format="onnx")`), which uses ONNX's `LSTM` op: that op is what issue 7 compares
+against.
 """
 
 from __future__ import annotations
@@ -41,13 +44,29 @@ def convnet():
     ], name="mnist_convnet")
 
 
+def lstm():
+    """Issue 7's benchmark: LSTM(128) over 50 steps of 32 features, then a softmax Dense(10)."""
+    import kcompile as keras
+    from kcompile import layers
+
+    return keras.Sequential([
+        keras.Input(shape=(50, 32), name="x"),
+        layers.LSTM(128),
+        layers.Dense(10, activation="softmax"),
+    ], name="lstm_50x32_128")
+
+
 def flops(model) -> int:
-    """Multiply-adds x 2 of the dense and conv layers for one sample."""
+    """Multiply-adds x 2 of the dense, conv and LSTM layers (input and recurrent GEMMs) for one
+    sample."""
     from kcompile import layers
 
     total = 0
     for layer in model.layers:
-        if isinstance(layer, layers.Dense):
+        if isinstance(layer, layers.LSTM):
+            kernel, recurrent = layer.get_weights()[:2]
+            total += 2 * (kernel.size + recurrent.size) * model.inputs[0].shape[1]
+        elif isinstance(layer, layers.Dense):
             k, n = layer.kernel.shape
             total += 2 * k * n
         elif isinstance(layer, layers.Conv2D):
@@ -58,8 +77,12 @@ def flops(model) -> int:
 
 
 def to_onnx(model) -> bytes:
-    """An ONNX twin of `mlp()` or `convnet()` with the same weights (NHWC input, NCHW inside)."""
+    """An ONNX twin of `mlp()` or `convnet()` with the same weights (NHWC input, NCHW inside); for
+    `lstm()`, kcompile's own export."""
     from kcompile import layers
+
+    if any(isinstance(layer, layers.LSTM) for layer in model.layers):
+        return exported_onnx(model)
 
     nodes, inits = [], []
     first = model.layers[0]
@@ -104,6 +127,17 @@ def to_onnx(model) -> bytes:
     proto.ir_version = 8
     onnx.checker.check_model(proto)
     return proto.SerializeToString()
+
+
+def exported_onnx(model) -> bytes:
+    """`model.export(path, format="onnx")`'s bytes (the input keeps the model's name, "x")."""
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"{model.name}.onnx"
+        model.export(str(path), format="onnx")
+        return path.read_bytes()
 
 
 def _activation(nodes: list, name: str, cur: str, i: int) -> str:

@@ -1,7 +1,9 @@
 """Benchmarks: kcompile compiled vs kcompile eager vs onnxruntime (2 intra-op threads), interleaved
 in one process. Prints median times and the ratio to onnxruntime; `--write` updates RESULTS.md.
 
-    KERAS_BACKEND=jax python benchmarks/run.py [--quick] [--write]
+    KERAS_BACKEND=jax python benchmarks/run.py [--quick] [--only lstm ...] [--write]
+
+`--only` runs some of the models; with `--write` it replaces just their rows in RESULTS.md.
 """
 
 from __future__ import annotations
@@ -117,27 +119,61 @@ def format_rows(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def merge_rows(text: str, table: str) -> str:
+    """`text` (RESULTS.md) with `table`'s rows put into its table with the same header line: a row
+    for the same model (and batch, where the table has that column) is replaced, a new one appended."""
+    header, _, *rows = table.splitlines()
+    lines = text.splitlines()
+    if header not in lines:
+        raise ValueError(f"RESULTS.md has no table with the header {header!r}: run --write without --only")
+    start = end = lines.index(header) + 2
+    while end < len(lines) and lines[end].startswith("|"):
+        end += 1
+    width = 2 if header.split("|")[2].strip() == "batch" else 1
+    body = lines[start:end]
+    for row in rows:
+        key = row.split("|")[1:1 + width]
+        same = [i for i, old in enumerate(body) if old.split("|")[1:1 + width] == key]
+        if same:
+            body[same[0]] = row
+        else:
+            body.append(row)
+    lines[start:end] = body
+    return "\n".join(lines) + "\n"
+
+
 def _fmt(seconds: float) -> str:
     return f"{seconds * 1e6:.1f} us" if seconds < 1e-3 else f"{seconds * 1e3:.2f} ms"
+
+
+# inference rows: the model and its batch sizes (the LSTM at issue 7's batch 32)
+MODELS = {"mlp": (models.mlp, [1, 64, 1024]), "convnet": (models.convnet, [1, 128]),
+          "lstm": (models.lstm, [32])}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds (CI smoke run)")
     parser.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
+    parser.add_argument("--only", action="append", choices=sorted(MODELS), metavar="MODEL",
+                        help=f"run only these models ({', '.join(MODELS)}; repeatable); with --write, "
+                             f"only their rows in RESULTS.md are replaced")
     args = parser.parse_args(argv)
+    chosen = [name for name in MODELS if not args.only or name in args.only]
     import kcompile
 
     kcompile.utils.set_random_seed(0)
-    rows = bench_inference(models.mlp(), [1, 64, 1024], args.quick)
-    rows += bench_inference(models.convnet(), [1, 128], args.quick)
+    rows = []
+    for name in chosen:
+        builder, batches = MODELS[name]
+        rows += bench_inference(builder(), batches, args.quick)
     bench_eager(rows)
     table = format_rows(rows)
     from training import bench_training, format_training
 
-    train_rows = bench_training(interleaved, args.quick)
+    train_rows = bench_training(interleaved, args.quick, [MODELS[name][0] for name in chosen])
     ttable = format_training(train_rows)
-    comp = [bench_compile(models.convnet), bench_compile(models.mlp)]
+    comp = [bench_compile(MODELS[name][0]) for name in ("convnet", "mlp", "lstm") if name in chosen]
     header = ["| model | cold compile | of which LLVM | from disk cache |", "|---|---:|---:|---:|"]
     ctable = "\n".join(header +
                        [f"| {c['model']} | {c['cold_s'] * 1e3:.0f} ms | {c['llvm_s'] * 1e3:.0f} ms | "
@@ -147,7 +183,13 @@ def main(argv: list[str] | None = None) -> int:
     print(ttable)
     print()
     print(ctable)
-    if args.write:
+    path = Path(__file__).with_name("RESULTS.md")
+    if args.write and args.only:
+        text = path.read_text()
+        for t in (table, ttable, ctable):
+            text = merge_rows(text, t)
+        path.write_text(text)
+    elif args.write:
         from kcompile.codegen.llvm.jit import host_target
         from kcompile.codegen.llvm.threads import default_threads
 
@@ -155,10 +197,12 @@ def main(argv: list[str] | None = None) -> int:
         text = (f"# Benchmark results\n\nCommand: `KERAS_BACKEND=jax python benchmarks/run.py --write`"
                 f"\n\nMachine: {platform.machine()} {t.cpu} ({t.isa}), {default_threads()} threads; "
                 f"onnxruntime with intra_op_num_threads=2. Times are medians of interleaved runs; "
-                f"ratio < 1 means kcompile is faster.\n\n## Inference\n\n{table}\n\n"
-                f"## Training step (forward + backward + Adam)\n\nRatios in brackets: compiled time / "
-                f"that column's time.\n\n{ttable}\n\n## Compile time\n\n{ctable}\n")
-        path = Path(__file__).with_name("RESULTS.md")
+                f"ratio < 1 means kcompile is faster. The LSTM's onnxruntime runs kcompile's ONNX "
+                f"export (ONNX's LSTM op).\n\n## Inference\n\n{table}\n\n"
+                f"## Training step (forward + backward + Adam)\n\nSparse categorical cross-entropy on "
+                f"each model's softmax Dense(10). Ratios in brackets: compiled time / that column's "
+                f"time; \"(eager fallback)\": the compiled step is not there yet for that model and "
+                f"the eager executor ran it.\n\n{ttable}\n\n## Compile time\n\n{ctable}\n")
         old = path.read_text() if path.exists() else ""
         marker = "<!-- notes: kept by run.py --write -->"
         notes = old[old.index(marker):] if marker in old else marker + "\n"

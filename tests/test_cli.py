@@ -39,6 +39,9 @@ def test_demo_trains_the_convnet(capsys) -> None:
     assert out.count("kcompile.compare:") == 2
     assert "same class for 100.0%" in out  # onnxruntime on the exported convnet
     assert "ONNX training-step export: weights after 3 steps differ by at most" in out
+    assert 'Model: "adding_lstm"' in out  # the sequence task comes last and meets its threshold
+    mse = float(out.split("test MSE ")[1].split()[0])
+    assert mse < 0.01, f"the demo's LSTM reached only {mse:.4f} test MSE on the adding problem"
 
 
 def test_bench_reports_cold_and_cached_compile(capsys, tmp_path, monkeypatch) -> None:

@@ -160,17 +160,7 @@ def lower_rnn(ctx: KernelContext, node: Node) -> ir.Function:
         return micro[(kind, rows)]
 
     def row_tiles(emit) -> None:
-        """emit(rows, first row) over [lo, hi): tiles of MR rows, then pairs, then one -- three
-        kernel variants, for compile time."""
-        full_hi = b.sub(hi, b.srem(b.sub(hi, lo), kb.i64(plan.mr)))
-        with kb.loop(lo, full_hi, plan.mr, "m") as m0:
-            emit(plan.mr, m0)
-        pairs_hi = b.sub(hi, b.srem(b.sub(hi, full_hi), kb.i64(2)))
-        if plan.mr > 2:
-            with kb.loop(full_hi, pairs_hi, 2, "m2") as m0:
-                emit(2, m0)
-        with kb.if_then(b.icmp_signed("<", pairs_hi, hi)):
-            emit(1, pairs_hi)
+        tile_rows(kb, lo, hi, plan.mr, emit)
 
     # h_{-1} is the initial state, or a row of zeros read with stride 0
     h_first = states[0] if states else _zero_row(kb, u)
@@ -213,6 +203,21 @@ def lower_rnn(ctx: KernelContext, node: Node) -> ir.Function:
     _copy_rows(kb, h_out, last, lo, hi, u, src_stride=t_len * u)
     kb.finish()
     return fn
+
+
+def tile_rows(kb: KernelBuilder, lo: ir.Value, hi: ir.Value, mr: int, emit) -> None:
+    """emit(rows, first row) over [lo, hi): tiles of `mr` rows, then pairs, then one -- three
+    micro-kernel variants, for compile time."""
+    b = kb.b
+    full_hi = b.sub(hi, b.srem(b.sub(hi, lo), kb.i64(mr)))
+    with kb.loop(lo, full_hi, mr, "m") as m0:
+        emit(mr, m0)
+    pairs_hi = b.sub(hi, b.srem(b.sub(hi, full_hi), kb.i64(2)))
+    if mr > 2:
+        with kb.loop(full_hi, pairs_hi, 2, "m2") as m0:
+            emit(2, m0)
+    with kb.if_then(b.icmp_signed("<", pairs_hi, hi)):
+        emit(1, pairs_hi)
 
 
 def _copy_rows(kb: KernelBuilder, dst: ir.Value, src: ir.Value | None, lo: ir.Value, hi: ir.Value,

@@ -39,7 +39,7 @@ from llvmlite import ir
 from kcompile.codegen.llvm.builder import I64, PTR, KernelBuilder, define
 from kcompile.codegen.llvm.kernels.common import KernelContext, lowering, split_range
 from kcompile.codegen.llvm.kernels.gemm import transpose_tile
-from kcompile.codegen.llvm.kernels.rnn import _activate, _copy_rows
+from kcompile.codegen.llvm.kernels.rnn import _activate, _copy_rows, tile_rows
 from kcompile.codegen.llvm.kernels.scratch import kernel_barrier, scratch_buffer
 from kcompile.ir.core import Node
 
@@ -162,15 +162,7 @@ def lower_bptt(ctx: KernelContext, node: Node) -> ir.Function:
             def emit(rows: int, m0: ir.Value) -> None:
                 b.call(kernel(kind, rows), [*bufs, packed, m0, k, q, a_step, k_len])
 
-            full_hi = b.sub(hi, b.srem(b.sub(hi, lo), kb.i64(plan.mr)))
-            with kb.loop(lo, full_hi, plan.mr, "m") as m0:
-                emit(plan.mr, m0)
-            pairs_hi = b.sub(hi, b.srem(b.sub(hi, full_hi), kb.i64(2)))
-            if plan.mr > 2:
-                with kb.loop(full_hi, pairs_hi, 2, "m2") as m0:
-                    emit(2, m0)
-            with kb.if_then(b.icmp_signed("<", pairs_hi, hi)):
-                emit(1, pairs_hi)
+            tile_rows(kb, lo, hi, plan.mr, emit)
 
     k_main = 2 * u if plan.reset_before else plan.k
     with kb.loop(kb.i64(0), kb.i64(t_len), 1, "s") as s:

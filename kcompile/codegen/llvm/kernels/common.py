@@ -68,6 +68,19 @@ class KernelContext:
         args = list(fn.args)
         return fn, kb, args[:nin], args[nin], args[nin + 1], args[nin + 2], args[nin + 3]
 
+    def new_multi_kernel(self, node: Node) -> tuple[ir.Function, KernelBuilder, list[ir.Value],
+                                                    list[ir.Value], ir.Value, ir.Value, ir.Value]:
+        """Declare a kernel for a node with several outputs: (fn, kb, input ptrs, output ptrs, n,
+        tid, nthreads)."""
+        self.counter += 1
+        nin, nout = len(node.inputs), len(node.outputs)
+        fn = define(self.module, f"k{self.counter}_{node.op}", [PTR] * (nin + nout) + [I64, I64, I64],
+                    self.target)
+        for arg in fn.args[:nin + nout]:
+            arg.add_attribute("noalias")
+        args = list(fn.args)
+        return fn, KernelBuilder(fn, self.target), args[:nin], args[nin:nin + nout], *args[nin + nout:]
+
     def want_layout(self, input_index: int, layout: ParamLayout) -> None:
         self.layouts[(self.node_index, input_index)] = layout
 

@@ -129,16 +129,8 @@ def lower_rnn(ctx: KernelContext, node: Node) -> ir.Function:
         ctx.want_layout(1, layout)
     if static_r:
         ctx.want_layout(2, layout)
-    nin, nout = len(node.inputs), len(node.outputs)
-    ctx.counter += 1
-    fn = define(ctx.module, f"k{ctx.counter}_{node.op}", [PTR] * (nin + nout) + [I64, I64, I64],
-                ctx.target)
-    for arg in fn.args[:nin + nout]:
-        arg.add_attribute("noalias")
-    kb = KernelBuilder(fn, ctx.target)
+    fn, kb, ins, outs, n, tid, nt = ctx.new_multi_kernel(node)
     b = kb.b
-    ins, outs = list(fn.args[:nin]), list(fn.args[nin:nin + nout])
-    n, tid, nt = fn.args[nin + nout:]
     x, wp, rp, bias = ins[:4]
     states = ins[4:-1] if plan.masked else ins[4:]
     mask_in = ins[-1] if plan.masked else None

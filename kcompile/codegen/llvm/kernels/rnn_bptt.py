@@ -124,23 +124,15 @@ def _pack_rt(kb: KernelBuilder, plan: _Plan, r_ptr: ir.Value, buf: ir.Value, tid
 def lower_bptt(ctx: KernelContext, node: Node) -> ir.Function:
     _check(node)
     plan = _Plan(node, ctx.target.vector_width)
-    nin, nout = len(node.inputs), len(node.outputs)
-    ctx.counter += 1
-    fn = define(ctx.module, f"k{ctx.counter}_{node.op}", [PTR] * (nin + nout) + [I64, I64, I64],
-                ctx.target)
-    for arg in fn.args[:nin + nout]:
-        arg.add_attribute("noalias")
-    kb = KernelBuilder(fn, ctx.target)
+    fn, kb, ins, outs, n, tid, nt = ctx.new_multi_kernel(node)
     b = kb.b
-    bufs = list(fn.args[:nin + nout])
-    n, tid, nt = fn.args[nin + nout:]
+    bufs = ins + outs
     t_len, u = plan.t, plan.u
     r_in = bufs[RECURRENT_INPUT[plan.op]]
     packed = scratch_buffer(kb, plan.packed_floats)
     _pack_rt(kb, plan, r_in, packed, tid, nt)
     kernel_barrier(kb, nt)
     lo, hi = split_range(kb, n, tid, nt)
-    outs = bufs[nin:]
     # the carries start as the final states' cotangents
     if plan.op == "lstm_bptt":
         _copy_rows(kb, outs[1], bufs[4], lo, hi, u)
@@ -152,7 +144,7 @@ def lower_bptt(ctx: KernelContext, node: Node) -> ir.Function:
 
     def kernel(kind: str, rows: int) -> ir.Function:
         if (kind, rows) not in micro:
-            micro[(kind, rows)] = _micro_kernel(ctx, plan, rows, kind, nin + nout)
+            micro[(kind, rows)] = _micro_kernel(ctx, plan, rows, kind, len(bufs))
         return micro[(kind, rows)]
 
     def sweep(kind: str, a_step: ir.Value, k: ir.Value, k_len: ir.Value) -> None:

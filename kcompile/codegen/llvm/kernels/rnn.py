@@ -67,9 +67,9 @@ def pack_gates(w: np.ndarray, gates: int, units: int, vw: int) -> np.ndarray:
 
 def _activate(kb: KernelBuilder, name: str, v: ir.Value) -> ir.Value:
     if name == "tanh":
-        return mathfn.tanh(kb, v)
+        return mathfn.fast_tanh(kb, v)
     if name == "sigmoid":
-        return mathfn.sigmoid(kb, v)
+        return mathfn.fast_sigmoid(kb, v)
     if name == "relu":
         return kb.fmax(v, kb.vconst(0.0))
     return v
@@ -164,6 +164,8 @@ def lower_rnn(ctx: KernelContext, node: Node) -> ir.Function:
         # h_{k-1}: the previous step's row of the sequence output
         h_base = b.select(first, h_first, kb.gep(y, b.mul(b.sub(k, kb.i64(1)), kb.i64(u))))
         h_rs = b.select(first, kb.i64(u if states else 0), kb.i64(t_len * u))
+        # without initial states h_{-1} = 0: the first step skips the recurrent GEMM (K = 0)
+        k_rec = kb.i64(u) if states else b.select(first, kb.i64(0), kb.i64(u))
 
         def block_args(p: ir.Value, m0: ir.Value) -> list[ir.Value]:
             x_row = kb.gep(x, b.mul(b.add(b.mul(m0, kb.i64(t_len)), t), kb.i64(f)))
@@ -172,7 +174,7 @@ def lower_rnn(ctx: KernelContext, node: Node) -> ir.Function:
             args = [x_row, kb.gep(h_base, b.mul(m0, h_rs)), h_rs,
                     kb.gep(wp, b.mul(p, kb.i64(plan.w_layout[2]))),
                     kb.gep(rp, b.mul(p, kb.i64(plan.r_layout[2]))), bias, y_row, c_row,
-                    b.mul(p, kb.i64(vw)), kb.i64(f), kb.i64(u)]
+                    b.mul(p, kb.i64(vw)), kb.i64(f), k_rec]
             if plan.masked:  # the rows' mask at input position t
                 args.append(kb.gep(mask_in, b.add(b.mul(m0, kb.i64(t_len)), t)))
             for tp in tapes:  # the rows' step k of the tape outputs (N, T, G*U)
@@ -276,8 +278,9 @@ def _micro_kernel(ctx: KernelContext, plan: _Plan, rows: int, kind: str) -> ir.F
     hs = [kb.gep(h_row, b.mul(h_rs, kb.i64(r))) for r in range(rows)]
     mr, upad = plan.mr, plan.upad
 
-    def scratch_row(part: int, r: int) -> ir.Value:  # parts: z, x_h + b_h, r * h
-        return kb.gep(c_row, kb.i64((part * mr + r) * upad))
+    def scratch_row(part: int, r: ir.Value | int) -> ir.Value:  # parts: z, x_h + b_h, r * h
+        return kb.gep(c_row, b.mul(b.add(kb.i64(part * mr), kb.i64(r) if isinstance(r, int) else r),
+                                   kb.i64(upad)))
 
     mask = kb.lane_mask(kb.min_i64(b.sub(kb.i64(u), u0), kb.i64(vw))) if plan.edge else None
 
@@ -318,9 +321,9 @@ def _micro_kernel(ctx: KernelContext, plan: _Plan, rows: int, kind: str) -> ir.F
     def bias_at(gate: int, row: int = 0) -> ir.Value:
         return load(bias, b.add(kb.i64(row * g * u + gate * u), u0))
 
-    def to_tape(which: int, gate: int, r: int, value: ir.Value) -> None:
+    def to_tape(which: int, gate: int, r: ir.Value, value: ir.Value) -> None:
         """Row r's units u0.. of `gate` in tape output `which` at this step."""
-        store(value, tape_rows[which], b.add(kb.i64(r * t_len * g * u + gate * u), u0))
+        store(value, tape_rows[which], b.add(b.add(b.mul(r, kb.i64(t_len * g * u)), kb.i64(gate * u)), u0))
 
     act = lambda v: _activate(kb, plan.act, v)  # noqa: E731
     ract = lambda v: _activate(kb, plan.ract, v)  # noqa: E731
@@ -330,11 +333,13 @@ def _micro_kernel(ctx: KernelContext, plan: _Plan, rows: int, kind: str) -> ir.F
         b_rec = [bias_at(j, 1) for j in range(3)]
     elif kind != "candidate":
         bs = [bias_at(j) for j in range(g)]
-    for r in range(rows):
-        pre = [kb.get(slot) for slot in accs[r]]
-        y_off = b.add(kb.i64(r * t_len * u), u0)
+    def epilogue(r: ir.Value, pre: list[ir.Value]) -> None:
+        h_r = kb.gep(h_row, b.mul(h_rs, r))
+        y_off = b.add(b.mul(r, kb.i64(t_len * u)), u0)
         # masked: a padded step (mask 0) keeps this row's states
-        keep = b.fcmp_unordered("!=", kb.load(m_row, r * t_len), kb.f32(0.0)) if plan.masked else None
+        keep = b.fcmp_unordered("!=", kb.load(m_row, b.mul(r, kb.i64(t_len))), kb.f32(0.0)) \
+            if plan.masked else None
+        h = None
         if kind == "gates":  # the scratch rows are padded to whole blocks: plain vector stores
             zx = [b.fadd(pre[j], bs[j]) for j in range(3)]
             z_pre, r_pre = zx[0], zx[1]
@@ -347,21 +352,20 @@ def _micro_kernel(ctx: KernelContext, plan: _Plan, rows: int, kind: str) -> ir.F
             z, rg = ract(z_pre), ract(r_pre)
             kb.vstore(z, scratch_row(0, r), u0)
             kb.vstore(zx[2], scratch_row(1, r), u0)
-            kb.vstore(b.fmul(rg, load(hs[r], u0)), scratch_row(2, r), u0)
-            continue
-        if kind == "candidate":
+            kb.vstore(b.fmul(rg, load(h_r, u0)), scratch_row(2, r), u0)
+        elif kind == "candidate":
             if plan.tape:
                 to_tape(1, 2, r, pre[0])
             z = kb.vload(scratch_row(0, r), u0)
             hh = act(b.fadd(kb.vload(scratch_row(1, r), u0), pre[0]))
-            h = kb.fma(z, load(hs[r], u0), b.fmul(b.fsub(one, z), hh))
+            h = kb.fma(z, load(h_r, u0), b.fmul(b.fsub(one, z), hh))
         elif plan.op == "lstm":
             zs = [b.fadd(pre[j], bs[j]) for j in range(4)]
             if plan.tape:
                 for j in range(4):
                     to_tape(0, j, r, zs[j])
             i_g, f_g, g_g, o_g = ract(zs[0]), ract(zs[1]), act(zs[2]), ract(zs[3])
-            c_off = b.add(kb.i64(r * u), u0)
+            c_off = b.add(b.mul(r, kb.i64(u)), u0)
             c_prev = load(c_row, c_off)
             c = kb.fma(f_g, c_prev, b.fmul(i_g, g_g))
             h = b.fmul(o_g, act(c))
@@ -376,16 +380,19 @@ def _micro_kernel(ctx: KernelContext, plan: _Plan, rows: int, kind: str) -> ir.F
                 to_tape(1, j, r, hr[j])
             z, rg = ract(b.fadd(zx[0], hr[0])), ract(b.fadd(zx[1], hr[1]))
             hh = act(kb.fma(rg, hr[2], zx[2]))
-            h = kb.fma(z, load(hs[r], u0), b.fmul(b.fsub(one, z), hh))
+            h = kb.fma(z, load(h_r, u0), b.fmul(b.fsub(one, z), hh))
         elif plan.op == "gru":
             z = ract(b.fadd(pre[0], b.fadd(b_in[0], b_rec[0])))
             rg = ract(b.fadd(pre[1], b.fadd(b_in[1], b_rec[1])))
             hh = act(kb.fma(rg, b.fadd(pre[3], b_rec[2]), b.fadd(pre[2], b_in[2])))
-            h = kb.fma(z, load(hs[r], u0), b.fmul(b.fsub(one, z), hh))
+            h = kb.fma(z, load(h_r, u0), b.fmul(b.fsub(one, z), hh))
         else:
             h = act(b.fadd(pre[0], bs[0]))
-        if keep is not None:
-            h = b.select(keep, h, load(hs[r], u0))
-        store(h, y_row, y_off)
+        if h is not None:
+            if keep is not None:
+                h = b.select(keep, h, load(h_r, u0))
+            store(h, y_row, y_off)
+    for r in range(rows):
+        epilogue(kb.i64(r), [kb.get(slot) for slot in accs[r]])
     kb.finish()
     return fn

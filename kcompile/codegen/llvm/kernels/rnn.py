@@ -10,7 +10,17 @@ z, r, h) pre-activations of the same vw units. It accumulates x_t @ W (K = F) an
 writes the new states: LSTM c' = f c + i g, h' = o act(c'); GRU h' = z h + (1 - z) act(x_h +
 r (h R_h + b_rh)), whose recurrent h-gate part needs a fourth accumulator; SimpleRNN h' =
 act(x W + b + h R). The step loop goes over unit blocks outside and row tiles inside, so one block's
-packed weights stay in L1 while the rows pass.
+packed weights stay in L1 while the rows pass. The gates use `mathfn.fast_tanh`/`fast_sigmoid` (one
+rational function each; the exp-based ones cost ~20% of a step at LSTM(128)).
+
+Why x_t @ W stays inside the step rather than running first as one GEMM over all steps (what
+ONNX Runtime and cuDNN do): the step is a batch-reduce over two A/B pairs into the same registers,
+so the input part costs the same FMAs at the same rate as a separate GEMM would, and no
+(N, T, G*U) intermediate is written and read back. Measured on LSTM(128), T=50, F=32, batch 32
+(znver4, 2 threads): the in-step input part is 0.28 ms of a 1.44 ms forward, and the same
+projection as one GEMM (a Dense(512) over the (32, 50, 32) input) takes 0.28 ms alone, before
+the step loop reads its 3.2 MB output back. The first step of a layer without initial states
+skips the recurrent part (h_{-1} = 0).
 
 State lives in the outputs: h_{t-1} is the previous step's row of the sequence output (y[:, k-1],
 processing order, as Keras returns it with go_backwards), the LSTM cell state is the c_T output

@@ -54,6 +54,16 @@ class KernelContext:
     layouts: dict[tuple[int, int], ParamLayout] = field(default_factory=dict)  # (node#, input#)
     node_index: int = 0
     static: frozenset = frozenset()  # values whose contents are known at bind time (params)
+    shared: dict = field(default_factory=dict)  # helper functions by a key that fixes their code
+
+    def shared_function(self, key: tuple, build: Callable[[], ir.Function]) -> ir.Function:
+        """One helper function per `key` in the module: the micro-kernels of two nodes with the
+        same geometry (the two directions of a Bidirectional, the GEMMs of a training step) are
+        built, optimised and compiled once. `key` must hold everything the code depends on."""
+        fn = self.shared.get(key)
+        if fn is None:
+            fn = self.shared[key] = build()
+        return fn
 
     def new_kernel(self, node: Node, name: str) -> tuple[ir.Function, KernelBuilder, list[ir.Value],
                                                            ir.Value, ir.Value, ir.Value, ir.Value]:

@@ -149,16 +149,16 @@ def emit_gemm(ctx: KernelContext, node: Node, program: tuple) -> ir.Function:
     a_bstride = kb.i64(0) if not plan.a_batch else b.mul(a_rows, a_cols)
     b_bstride = kb.i64(0) if not plan.b_batch else b.mul(kdim, kb.i64(plan.n))
     c_bstride = b.mul(m, kb.i64(plan.n))
-    micro: dict[tuple, ir.Function] = {}
     full_rows = b.mul(b.sdiv(m, kb.i64(MR)), kb.i64(MR))
     rem = b.sub(m, full_rows)
 
     def call(rows, nvec, edge, a_ptr, b_ptr, c_off, row0, col0, b_stride, k_len=None,
              phase="only"):
-        key = (rows, nvec, edge, phase)
-        if key not in micro:
-            micro[key] = _micro_kernel(ctx, node, plan, program, rows, nvec, edge, phase)
-        b.call(micro[key], [a_ptr, b_ptr, out, c_off, row0, col0, kdim if k_len is None else k_len,
+        key = ("gemm", plan.vw, plan.n, program, tuple(sorted(plan.kinds.items())), len(node.inputs),
+               rows, nvec, edge, phase)
+        micro = ctx.shared_function(
+            key, lambda: _micro_kernel(ctx, node, plan, program, rows, nvec, edge, phase))
+        b.call(micro, [a_ptr, b_ptr, out, c_off, row0, col0, kdim if k_len is None else k_len,
                             sam, sak, b_stride, *[ins[i] for i in range(2, len(ins))]])
 
     if static_b:  # threads split the packed panels; each panel sweeps the rows chunk by chunk
@@ -245,6 +245,9 @@ def emit_gemm(ctx: KernelContext, node: Node, program: tuple) -> ir.Function:
                                         with kb.if_then(b.icmp_signed("==", rows_here, kb.i64(r))):
                                             call(r, nvec, edge, *args)
 
+                    if plan.k is not None and plan.k <= kc_max:  # one K block: compile one phase
+                        rows_loop("only")
+                        return
                     for phase, (is_first, is_last) in (("only", (True, True)),
                                                        ("first", (True, False)),
                                                        ("last", (False, True)),

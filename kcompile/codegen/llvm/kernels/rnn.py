@@ -151,15 +151,13 @@ def lower_rnn(ctx: KernelContext, node: Node) -> ir.Function:
     # threads split the batch rows (at most SLOTS of them when the step needs a per-thread scratch)
     workers = kb.min_i64(nt, kb.i64(SLOTS)) if plan.reset_before else nt
     lo, hi = split_range(kb, n, kb.min_i64(tid, workers), workers)  # empty for tid >= workers
-    micro: dict[tuple, ir.Function] = {}
 
     if c_state is not None:  # the running cell state starts as c0 (or zeros)
         _copy_rows(kb, c_state, states[1] if states else None, lo, hi, u)
 
     def kernel(kind: str, rows: int) -> ir.Function:
-        if (kind, rows) not in micro:
-            micro[(kind, rows)] = _micro_kernel(ctx, plan, rows, kind)
-        return micro[(kind, rows)]
+        return ctx.shared_function(("rnn", repr(vars(plan)), rows, kind),
+                                   lambda: _micro_kernel(ctx, plan, rows, kind))
 
     def row_tiles(emit) -> None:
         tile_rows(kb, lo, hi, plan.mr, emit)

@@ -140,12 +140,10 @@ def lower_bptt(ctx: KernelContext, node: Node) -> ir.Function:
         _lstm_scan(kb, plan, bufs, lo, hi)
     else:
         _copy_rows(kb, outs[-1], bufs[{"simple_rnn_bptt": 3, "gru_bptt": 5}[plan.op]], lo, hi, u)
-    micro: dict[tuple, ir.Function] = {}
 
     def kernel(kind: str, rows: int) -> ir.Function:
-        if (kind, rows) not in micro:
-            micro[(kind, rows)] = _micro_kernel(ctx, plan, rows, kind, len(bufs))
-        return micro[(kind, rows)]
+        return ctx.shared_function(("rnn_bptt", repr(vars(plan)), rows, kind, len(bufs)),
+                                   lambda: _micro_kernel(ctx, plan, rows, kind, len(bufs)))
 
     def sweep(kind: str, a_step: ir.Value, k: ir.Value, k_len: ir.Value) -> None:
         """One pass over this thread's rows: groups of unit blocks outside (a group's packed

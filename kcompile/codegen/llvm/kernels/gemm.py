@@ -153,13 +153,13 @@ def emit_gemm(ctx: KernelContext, node: Node, program: tuple) -> ir.Function:
     rem = b.sub(m, full_rows)
 
     def call(rows, nvec, edge, a_ptr, b_ptr, c_off, row0, col0, b_stride, k_len=None,
-             phase="only"):
+             phase="only", flags=()):
         key = ("gemm", plan.vw, plan.n, program, tuple(sorted(plan.kinds.items())), len(node.inputs),
                rows, nvec, edge, phase)
         micro = ctx.shared_function(
             key, lambda: _micro_kernel(ctx, node, plan, program, rows, nvec, edge, phase))
         b.call(micro, [a_ptr, b_ptr, out, c_off, row0, col0, kdim if k_len is None else k_len,
-                            sam, sak, b_stride, *[ins[i] for i in range(2, len(ins))]])
+                       sam, sak, b_stride, *flags, *[ins[i] for i in range(2, len(ins))]])
 
     if static_b:  # threads split the packed panels; each panel sweeps the rows chunk by chunk
         p_lo, p_hi = split_range(kb, kb.i64(plan.panels), tid, nt)
@@ -232,11 +232,11 @@ def emit_gemm(ctx: KernelContext, node: Node, program: tuple) -> ir.Function:
                     first = b.icmp_signed("==", kbi, kb.i64(0))
                     last = b.icmp_signed("==", kbi, b.sub(kblocks, kb.i64(1)))
 
-                    def rows_loop(phase: str) -> None:
+                    def rows_loop(phase: str, flags: tuple = ()) -> None:
                         with kb.loop(blk_lo, blk_hi, 1, "blk") as blk:
                             row0 = b.mul(blk, kb.i64(MR))
                             rows_here = b.sub(m, row0)
-                            args = (a_ptr, buf, c_ptr, row0, col0, kb.i64(width), kc, phase)
+                            args = (a_ptr, buf, c_ptr, row0, col0, kb.i64(width), kc, phase, flags)
                             with b.if_else(b.icmp_signed(">=", rows_here, kb.i64(MR))) as (full, part):
                                 with full:
                                     call(MR, nvec, edge, *args)
@@ -245,17 +245,10 @@ def emit_gemm(ctx: KernelContext, node: Node, program: tuple) -> ir.Function:
                                         with kb.if_then(b.icmp_signed("==", rows_here, kb.i64(r))):
                                             call(r, nvec, edge, *args)
 
-                    if plan.k is not None and plan.k <= kc_max:  # one K block: compile one phase
+                    if plan.k is not None and plan.k <= kc_max:  # one K block
                         rows_loop("only")
-                        return
-                    for phase, (is_first, is_last) in (("only", (True, True)),
-                                                       ("first", (True, False)),
-                                                       ("last", (False, True)),
-                                                       ("mid", (False, False))):
-                        cond = b.and_(first if is_first else b.not_(first),
-                                      last if is_last else b.not_(last))
-                        with kb.if_then(cond):
-                            rows_loop(phase)
+                    else:  # which block this is goes to the micro-kernel as two flags
+                        rows_loop("blocks", (b.zext(first, I64), b.zext(last, I64)))
 
             for_panel_variants(kb, p, plan.panels, plan.nv, plan.last_nv,
                                plan.n % plan.vw != 0, for_cols)
@@ -329,16 +322,21 @@ def _micro_kernel(ctx: KernelContext, node: Node, plan: GemmPlan, program: tuple
     """C[row0:row0+rows, col0:col0+nvec*vw] = epilogue(A rows @ B columns). A[m, k] is at
     a + m*sam + k*sak; B's row k starts at b + k*sb (B is a packed panel, zero-padded to whole
     vectors). With `edge`, the last vector covers only the n % vw real columns: stored masked.
-    `phase` splits K into blocks: "first" stores the partial sum, "mid" adds to C, "last" adds
-    and applies the epilogue, "only" (one block) stores the epilogue of the sum."""
+    `phase` "only": K is one block, store the epilogue of the sum; "blocks": two run-time flags
+    say whether this is the first block (else add to C) and the last (then apply the epilogue) --
+    one variant instead of four, for compile time (the flags are read once per tile)."""
     n_extra = len(node.inputs) - 2
+    n_flags = 2 if phase == "blocks" else 0
     ctx.counter += 1
     fn = define(ctx.module, f"k{ctx.counter}_gemm_{rows}x{nvec}_{phase}",
-                [PTR, PTR, PTR, I64, I64, I64, I64, I64, I64, I64] + [PTR] * n_extra, ctx.target)
+                [PTR, PTR, PTR, I64, I64, I64, I64, I64, I64, I64] + [I64] * n_flags + [PTR] * n_extra,
+                ctx.target)
     kb = KernelBuilder(fn, ctx.target)
     b = kb.b
     a_ptr, b_ptr, out, c_off, row0, col0, k_dim, sam, sak, sb = fn.args[:10]
-    extras = list(fn.args[10:])
+    if phase == "blocks":  # K in blocks, this call's block given at run time
+        first, last = (b.icmp_signed("!=", flag, kb.i64(0)) for flag in fn.args[10:12])
+    extras = list(fn.args[10 + n_flags:])
     vw, n_dim = plan.vw, plan.n
     edge_mask = kb.lane_mask(kb.i64(n_dim % vw)) if edge else None
     # Few rows leave the FMA latency exposed (one chain per accumulator): split K over `ksplit`
@@ -374,9 +372,11 @@ def _micro_kernel(ctx: KernelContext, node: Node, plan: GemmPlan, program: tuple
             mask = edge_mask if v == nvec - 1 else None
             idx = b.add(c_off, b.add(b.mul(row, kb.i64(n_dim)), col))
             value = kb.get(accs[r][v])
-            if phase in ("mid", "last"):
-                value = b.fadd(kb.load_vector(out, idx, mask), value)
-            if phase in ("only", "last"):
+            if phase == "blocks":  # later blocks add to C; the last one applies the epilogue
+                value = b.select(first, value, b.fadd(kb.load_vector(out, idx, mask), value))
+                value = b.select(last, apply_epilogue(kb, program, plan.kinds, extras, value, col, idx,
+                                                      mask), value)
+            else:
                 value = apply_epilogue(kb, program, plan.kinds, extras, value, col, idx, mask)
             kb.store_vector(value, out, idx, mask)
     kb.finish()

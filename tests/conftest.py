@@ -46,6 +46,16 @@ def module_cache_dir(tmp_path_factory):
         os.environ["KCOMPILE_CACHE_DIR"] = old
 
 
+@pytest.fixture
+def eager_is_expected():
+    """Silence "Model ... runs eagerly": for tests that run the eager executor on purpose."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Model .* runs eagerly", RuntimeWarning)
+        yield
+
+
 def scale_layer_class():
     """A small custom layer (x * factor) for custom-object tests; a fresh class per call, so a test
     may register it without affecting others."""
@@ -64,3 +74,35 @@ def scale_layer_class():
             return {**super().get_config(), "factor": self.factor}
 
     return Scale
+
+
+def znver4_fma_tiles(graph, fmas: int) -> list[str]:
+    """The basic blocks with `fmas` zmm FMAs in the assembly of `graph` compiled for an AVX-512
+    CPU (znver4; code generation only, so this runs on any host): where a kernel's register tile
+    is, to check that it does not spill."""
+    import re
+
+    from kcompile.codegen.llvm.compiler import _emit_module
+    from kcompile.codegen.llvm.jit import DumpSink, Target, host_target, optimize_and_emit
+    from kcompile.codegen.llvm.kernels import load_all
+    from kcompile.ir.passes import optimize
+    from kcompile.ir.passes.memory import plan_memory
+
+    host_target()  # initialises LLVM
+    load_all()
+    target = Target("x86_64-unknown-linux-gnu", "znver4",
+                    "+avx512f,+avx512bw,+avx512vl,+avx512dq,+avx2,+fma,+f16c", "avx512")
+    split = optimize(graph)
+    text, _ = _emit_module(split, plan_memory(split.main), target)
+
+    class Sink(DumpSink):
+        def __init__(self):
+            self.files = {}
+
+        def write(self, filename, text):
+            self.files[filename] = text
+
+    sink = Sink()
+    optimize_and_emit(text, target, sink)
+    blocks = re.split(r"\n(?=\.LBB\d+_\d+:)", sink.files["module.s"])
+    return [blk for blk in blocks if len(re.findall(r"vfmadd\d+ps\s+[^\n]*zmm", blk)) == fmas]

@@ -12,20 +12,15 @@ values), with go_backwards, return_sequences, initial states and Masking.
 
 from __future__ import annotations
 
-import re
 import warnings
 
 import numpy as np
 import pytest
-from conftest import assert_close
+from conftest import assert_close, znver4_fma_tiles
 
-from kcompile.codegen.llvm.compiler import _emit_module, compile_graph
-from kcompile.codegen.llvm.jit import DumpSink, Target, host_target, optimize_and_emit
-from kcompile.codegen.llvm.kernels import load_all
+from kcompile.codegen.llvm.compiler import compile_graph
 from kcompile.ir.core import Graph, TensorType
 from kcompile.ir.interpret import run as interpret
-from kcompile.ir.passes import optimize
-from kcompile.ir.passes.memory import plan_memory
 
 
 @pytest.fixture(autouse=True)
@@ -112,26 +107,9 @@ def test_bptt_kernel_matches_ref(op, attrs, shapes):
 def test_carry_gemm_tile_stays_in_registers():
     """LSTM(128)'s step: the K loop of dZ[:, k+1] @ R^T keeps 6 rows x 4 unit blocks in zmm
     registers (24 FMAs per k), no spills."""
-    host_target()  # initialises LLVM; code generation only, so an AVX-512 target works anywhere
-    load_all()
-    target = Target("x86_64-unknown-linux-gnu", "znver4",
-                    "+avx512f,+avx512bw,+avx512vl,+avx512dq,+avx2,+fma,+f16c", "avx512")
     g = Graph(name="lstm_bptt")
     g.outputs = _add_bptt(g, "lstm_bptt", {}, 128, 50, False)
-    split = optimize(g)
-    text, _ = _emit_module(split, plan_memory(split.main), target)
-
-    class Sink(DumpSink):
-        def __init__(self):
-            self.files = {}
-
-        def write(self, filename, text):
-            self.files[filename] = text
-
-    sink = Sink()
-    optimize_and_emit(text, target, sink)
-    blocks = re.split(r"\n(?=\.LBB\d+_\d+:)", sink.files["module.s"])
-    tiles = [blk for blk in blocks if len(re.findall(r"vfmadd\d+ps\s+[^\n]*zmm", blk)) == 24]
+    tiles = znver4_fma_tiles(g, 24)
     assert tiles, "no basic block with the 6 rows x 4 blocks tile of zmm FMAs"
     assert any("rsp" not in blk and "rbp)" not in blk for blk in tiles), "the carry GEMM spills"
 

@@ -7,18 +7,13 @@ accumulator tile in zmm registers, no spills."""
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import pytest
-from conftest import assert_close
+from conftest import assert_close, znver4_fma_tiles
 
-from kcompile.codegen.llvm.compiler import _emit_module, compile_graph
-from kcompile.codegen.llvm.jit import DumpSink, Target, host_target, optimize_and_emit
+from kcompile.codegen.llvm.compiler import compile_graph
 from kcompile.ir.core import Graph, TensorType
 from kcompile.ir.interpret import run as interpret
-from kcompile.ir.passes import optimize
-from kcompile.ir.passes.memory import plan_memory
 
 GATES = {"simple_rnn": 1, "lstm": 4, "gru": 3}
 
@@ -124,23 +119,7 @@ def test_runtime_weights_and_mask(op, attrs, units, tape):
 
 
 def test_step_tile_stays_in_registers():
-    host_target()  # initialises LLVM; code generation only, so an AVX-512 target works anywhere
-    target = Target("x86_64-unknown-linux-gnu", "znver4",
-                    "+avx512f,+avx512bw,+avx512vl,+avx512dq,+avx2,+fma,+f16c", "avx512")
-    split = optimize(_graph("lstm", {}, 128, False, t=50, f=32))
-    text, _ = _emit_module(split, plan_memory(split.main), target)
-
-    class Sink(DumpSink):
-        def __init__(self):
-            self.files = {}
-
-        def write(self, filename, text):
-            self.files[filename] = text
-
-    sink = Sink()
-    optimize_and_emit(text, target, sink)
-    blocks = re.split(r"\n(?=\.LBB\d+_\d+:)", sink.files["module.s"])
-    tiles = [blk for blk in blocks if len(re.findall(r"vfmadd\d+ps\s+[^\n]*zmm", blk)) == 24]
+    tiles = znver4_fma_tiles(_graph("lstm", {}, 128, False, t=50, f=32), 24)
     assert tiles, "no basic block with the 6 rows x 4 gates tile of zmm FMAs"
     assert any("rsp" not in blk and "rbp)" not in blk for blk in tiles), \
         "the K loop of the 6-row LSTM step spills"

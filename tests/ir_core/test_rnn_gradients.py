@@ -28,15 +28,21 @@ CASES = [
 MASK = np.array([[0, 1, 0, 1], [1, 1, 1, 0]], np.float64)  # (N, T): leading, middle, trailing zeros
 
 
-def _graph(op: str, attrs: dict, with_states: bool, masked: bool = False):
-    g = Graph(name=f"grad_{op}")
+def _op_inputs(g: Graph, op: str, attrs: dict, with_states: bool, masked: bool) -> tuple[list, list]:
+    """The graph inputs x, kernel, recurrent kernel, bias (and initial states) of a forward op, and
+    its constant mask (or none)."""
     gates = GATES[op]
     bias = (2, gates * U) if op == "gru" and attrs.get("reset_after", True) else (gates * U,)
     shapes = [(None, T, F), (F, gates * U), (U, gates * U), bias]
     if with_states:
         shapes += [(None, U)] * (2 if op == "lstm" else 1)
     xs = [g.add_input(TensorType(s, "float64"), f"x{i}") for i, s in enumerate(shapes)]
-    mask = [g.add_node("constant", [], {"value": MASK})[0]] if masked else []
+    return xs, [g.add_node("constant", [], {"value": MASK})[0]] if masked else []
+
+
+def _graph(op: str, attrs: dict, with_states: bool, masked: bool = False):
+    g = Graph(name=f"grad_{op}")
+    xs, mask = _op_inputs(g, op, attrs, with_states, masked)
     outs = g.add_node(op, xs + mask, {**attrs, "masked": masked})
     ws = [g.add_input(TensorType(o.shape, "float64"), f"w{k}") for k, o in enumerate(outs)]
     y = None
@@ -124,13 +130,7 @@ def _tape_graph(op: str, attrs: dict, with_states: bool, masked: bool, tape: boo
     """The loss of `_graph` (cotangents on the sequence and the final states) on a node with or
     without the tape, and its gradients."""
     g = Graph(name=f"tape_{op}")
-    gates = GATES[op]
-    bias = (2, gates * U) if op == "gru" and attrs.get("reset_after", True) else (gates * U,)
-    shapes = [(None, T, F), (F, gates * U), (U, gates * U), bias]
-    if with_states:
-        shapes += [(None, U)] * (2 if op == "lstm" else 1)
-    xs = [g.add_input(TensorType(s, "float64"), f"x{i}") for i, s in enumerate(shapes)]
-    mask = [g.add_node("constant", [], {"value": MASK})[0]] if masked else []
+    xs, mask = _op_inputs(g, op, attrs, with_states, masked)
     outs = g.add_node(op, xs + mask, {**attrs, "masked": masked, "tape": tape})
     outs = outs[:3 if op == "lstm" else 2]
     ws = [g.add_input(TensorType(o.shape, "float64"), f"w{k}") for k, o in enumerate(outs)]

@@ -80,11 +80,7 @@ def _compare(ours, theirs, feeds, predict_only: bool = False) -> None:
             assert_close(g, w, 1e-5, 1e-6)
 
 
-@pytest.fixture(autouse=True)
-def _eager_is_expected():
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "Model .* runs eagerly", RuntimeWarning)
-        yield
+pytestmark = pytest.mark.usefixtures("eager_is_expected")
 
 
 # every (class, mode), (class, options) and (mode, options) pair once: 15 cases, not all 45

@@ -79,11 +79,7 @@ def _feeds(cls: str, batch: int, length: int, with_state: bool, rng):
     return [x] + [rng.standard_normal((batch, U)).astype(np.float32) for _ in range(_n_states(cls))]
 
 
-@pytest.fixture(autouse=True)
-def _eager_is_expected():
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "Model .* runs eagerly", RuntimeWarning)
-        yield
+pytestmark = pytest.mark.usefixtures("eager_is_expected")
 
 
 @pytest.mark.parametrize("options", OPTIONS, ids=lambda o: "".join(o) or "defaults")

@@ -7,8 +7,6 @@ rules in test_onnx_rnn_rules.py.
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import onnx
 import pytest
@@ -23,11 +21,7 @@ from kcompile.models.lowering import InputSig
 SHAPES = ((1, 9), (5, 2))  # (batch, length): both batch sizes and both lengths from one file
 
 
-@pytest.fixture(autouse=True)
-def _eager_is_expected():
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "Model .* runs eagerly", RuntimeWarning)
-        yield
+pytestmark = pytest.mark.usefixtures("eager_is_expected")
 
 
 def _randomize(model, seed=0):

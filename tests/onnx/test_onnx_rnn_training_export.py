@@ -11,8 +11,6 @@ that carry the states over masked steps; those tests skip while the layers do no
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import onnx
 import pytest
@@ -28,11 +26,7 @@ LENGTH, FEATURES = 7, 3
 BATCHES = (8, 3, 8, 1)
 
 
-@pytest.fixture(autouse=True)
-def _eager_is_expected():
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "Model .* runs eagerly", RuntimeWarning)
-        yield
+pytestmark = pytest.mark.usefixtures("eager_is_expected")
 
 
 def _model(kind: str):

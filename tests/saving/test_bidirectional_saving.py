@@ -8,7 +8,6 @@ with the weights where Keras keeps them (`layers/bidirectional/forward_layer/cel
 from __future__ import annotations
 
 import json
-import warnings
 import zipfile
 
 import h5py
@@ -19,12 +18,7 @@ from conftest import assert_close, keras_module
 
 import kcompile
 
-
-@pytest.fixture(autouse=True)
-def _eager_is_expected():
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "Model .* runs eagerly", RuntimeWarning)
-        yield
+pytestmark = pytest.mark.usefixtures("eager_is_expected")
 
 
 def _model(m):

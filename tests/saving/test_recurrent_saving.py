@@ -5,7 +5,6 @@ equal -- and the weights where Keras keeps them: `layers/<rnn>/cell/vars/0..2`."
 
 from __future__ import annotations
 
-import warnings
 import zipfile
 
 import h5py
@@ -15,12 +14,7 @@ from conftest import assert_close, keras_module
 
 import kcompile
 
-
-@pytest.fixture(autouse=True)
-def _eager_is_expected():
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "Model .* runs eagerly", RuntimeWarning)
-        yield
+pytestmark = pytest.mark.usefixtures("eager_is_expected")
 
 
 def _model(m):

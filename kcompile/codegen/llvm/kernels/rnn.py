@@ -88,7 +88,6 @@ def _activate(kb: KernelBuilder, name: str, v: ir.Value) -> ir.Value:
 class _Plan:
     def __init__(self, node: Node, vw: int, static_w: bool, static_r: bool) -> None:
         self.op = node.op
-        self.attrs = node.attrs
         self.masked = bool(node.attrs.get("masked", False))
         x, _, r, _, *states = node.inputs[:-1] if self.masked else node.inputs
         _, self.t, self.f = x.shape
@@ -119,7 +118,8 @@ def _layout(packed: bool, k: int, gates: int, units: int, vw: int) -> tuple[int,
     return (gates * vw, vw, k * gates * vw, False) if packed else (gates * units, units, vw, True)
 
 
-def _check(ctx: KernelContext, node: Node) -> None:
+def check_sequence_node(node: Node) -> None:
+    """What the recurrent forward and BPTT kernels need: float32 and a known sequence length."""
     where = f"{node.op} ({node.label or 'no layer'})"
     for v in [*node.inputs, *node.outputs]:
         if v.dtype != "float32":
@@ -131,7 +131,7 @@ def _check(ctx: KernelContext, node: Node) -> None:
 
 @lowering("simple_rnn", "lstm", "gru")
 def lower_rnn(ctx: KernelContext, node: Node) -> ir.Function:
-    _check(ctx, node)
+    check_sequence_node(node)
     static_w, static_r = ctx.is_static(node.inputs[1]), ctx.is_static(node.inputs[2])
     plan = _Plan(node, ctx.target.vector_width, static_w, static_r)
     layout = ParamLayout("rnn_gates", (plan.gates, plan.u, plan.vw))
@@ -156,6 +156,8 @@ def lower_rnn(ctx: KernelContext, node: Node) -> ir.Function:
         _copy_rows(kb, c_state, states[1] if states else None, lo, hi, u)
 
     def kernel(kind: str, rows: int) -> ir.Function:
+        # the plan holds what the step's code depends on (not go_backwards: both directions of a
+        # Bidirectional share the micro-kernels)
         return ctx.shared_function(("rnn", repr(vars(plan)), rows, kind),
                                    lambda: _micro_kernel(ctx, plan, rows, kind))
 
@@ -167,7 +169,7 @@ def lower_rnn(ctx: KernelContext, node: Node) -> ir.Function:
     scratch = thread_scratch(kb, 3 * plan.mr * plan.upad, kb.min_i64(tid, kb.i64(SLOTS - 1))) \
         if plan.reset_before else bias
     with kb.loop(kb.i64(0), kb.i64(t_len), 1, "k") as k:
-        t = b.sub(kb.i64(t_len - 1), k) if plan.attrs["go_backwards"] else k
+        t = b.sub(kb.i64(t_len - 1), k) if node.attrs["go_backwards"] else k
         first = b.icmp_signed("==", k, kb.i64(0))
         # h_{k-1}: the previous step's row of the sequence output
         h_base = b.select(first, h_first, kb.gep(y, b.mul(b.sub(k, kb.i64(1)), kb.i64(u))))
@@ -286,9 +288,8 @@ def _micro_kernel(ctx: KernelContext, plan: _Plan, rows: int, kind: str) -> ir.F
     hs = [kb.gep(h_row, b.mul(h_rs, kb.i64(r))) for r in range(rows)]
     mr, upad = plan.mr, plan.upad
 
-    def scratch_row(part: int, r: ir.Value | int) -> ir.Value:  # parts: z, x_h + b_h, r * h
-        return kb.gep(c_row, b.mul(b.add(kb.i64(part * mr), kb.i64(r) if isinstance(r, int) else r),
-                                   kb.i64(upad)))
+    def scratch_row(part: int, r: int) -> ir.Value:  # parts: z, x_h + b_h, r * h
+        return kb.gep(c_row, kb.i64((part * mr + r) * upad))
 
     mask = kb.lane_mask(kb.min_i64(b.sub(kb.i64(u), u0), kb.i64(vw))) if plan.edge else None
 
@@ -329,9 +330,9 @@ def _micro_kernel(ctx: KernelContext, plan: _Plan, rows: int, kind: str) -> ir.F
     def bias_at(gate: int, row: int = 0) -> ir.Value:
         return load(bias, b.add(kb.i64(row * g * u + gate * u), u0))
 
-    def to_tape(which: int, gate: int, r: ir.Value, value: ir.Value) -> None:
+    def to_tape(which: int, gate: int, r: int, value: ir.Value) -> None:
         """Row r's units u0.. of `gate` in tape output `which` at this step."""
-        store(value, tape_rows[which], b.add(b.add(b.mul(r, kb.i64(t_len * g * u)), kb.i64(gate * u)), u0))
+        store(value, tape_rows[which], b.add(kb.i64(r * t_len * g * u + gate * u), u0))
 
     act = lambda v: _activate(kb, plan.act, v)  # noqa: E731
     ract = lambda v: _activate(kb, plan.ract, v)  # noqa: E731
@@ -341,13 +342,11 @@ def _micro_kernel(ctx: KernelContext, plan: _Plan, rows: int, kind: str) -> ir.F
         b_rec = [bias_at(j, 1) for j in range(3)]
     elif kind != "candidate":
         bs = [bias_at(j) for j in range(g)]
-    def epilogue(r: ir.Value, pre: list[ir.Value]) -> None:
-        h_r = kb.gep(h_row, b.mul(h_rs, r))
-        y_off = b.add(b.mul(r, kb.i64(t_len * u)), u0)
+    for r in range(rows):
+        pre = [kb.get(slot) for slot in accs[r]]
+        y_off = b.add(kb.i64(r * t_len * u), u0)
         # masked: a padded step (mask 0) keeps this row's states
-        keep = b.fcmp_unordered("!=", kb.load(m_row, b.mul(r, kb.i64(t_len))), kb.f32(0.0)) \
-            if plan.masked else None
-        h = None
+        keep = b.fcmp_unordered("!=", kb.load(m_row, r * t_len), kb.f32(0.0)) if plan.masked else None
         if kind == "gates":  # the scratch rows are padded to whole blocks: plain vector stores
             zx = [b.fadd(pre[j], bs[j]) for j in range(3)]
             z_pre, r_pre = zx[0], zx[1]
@@ -360,20 +359,21 @@ def _micro_kernel(ctx: KernelContext, plan: _Plan, rows: int, kind: str) -> ir.F
             z, rg = ract(z_pre), ract(r_pre)
             kb.vstore(z, scratch_row(0, r), u0)
             kb.vstore(zx[2], scratch_row(1, r), u0)
-            kb.vstore(b.fmul(rg, load(h_r, u0)), scratch_row(2, r), u0)
-        elif kind == "candidate":
+            kb.vstore(b.fmul(rg, load(hs[r], u0)), scratch_row(2, r), u0)
+            continue
+        if kind == "candidate":
             if plan.tape:
                 to_tape(1, 2, r, pre[0])
             z = kb.vload(scratch_row(0, r), u0)
             hh = act(b.fadd(kb.vload(scratch_row(1, r), u0), pre[0]))
-            h = kb.fma(z, load(h_r, u0), b.fmul(b.fsub(one, z), hh))
+            h = kb.fma(z, load(hs[r], u0), b.fmul(b.fsub(one, z), hh))
         elif plan.op == "lstm":
             zs = [b.fadd(pre[j], bs[j]) for j in range(4)]
             if plan.tape:
                 for j in range(4):
                     to_tape(0, j, r, zs[j])
             i_g, f_g, g_g, o_g = ract(zs[0]), ract(zs[1]), act(zs[2]), ract(zs[3])
-            c_off = b.add(b.mul(r, kb.i64(u)), u0)
+            c_off = b.add(kb.i64(r * u), u0)
             c_prev = load(c_row, c_off)
             c = kb.fma(f_g, c_prev, b.fmul(i_g, g_g))
             h = b.fmul(o_g, act(c))
@@ -388,19 +388,16 @@ def _micro_kernel(ctx: KernelContext, plan: _Plan, rows: int, kind: str) -> ir.F
                 to_tape(1, j, r, hr[j])
             z, rg = ract(b.fadd(zx[0], hr[0])), ract(b.fadd(zx[1], hr[1]))
             hh = act(kb.fma(rg, hr[2], zx[2]))
-            h = kb.fma(z, load(h_r, u0), b.fmul(b.fsub(one, z), hh))
+            h = kb.fma(z, load(hs[r], u0), b.fmul(b.fsub(one, z), hh))
         elif plan.op == "gru":
             z = ract(b.fadd(pre[0], b.fadd(b_in[0], b_rec[0])))
             rg = ract(b.fadd(pre[1], b.fadd(b_in[1], b_rec[1])))
             hh = act(kb.fma(rg, b.fadd(pre[3], b_rec[2]), b.fadd(pre[2], b_in[2])))
-            h = kb.fma(z, load(h_r, u0), b.fmul(b.fsub(one, z), hh))
+            h = kb.fma(z, load(hs[r], u0), b.fmul(b.fsub(one, z), hh))
         else:
             h = act(b.fadd(pre[0], bs[0]))
-        if h is not None:
-            if keep is not None:
-                h = b.select(keep, h, load(h_r, u0))
-            store(h, y_row, y_off)
-    for r in range(rows):
-        epilogue(kb.i64(r), [kb.get(slot) for slot in accs[r]])
+        if keep is not None:
+            h = b.select(keep, h, load(hs[r], u0))
+        store(h, y_row, y_off)
     kb.finish()
     return fn

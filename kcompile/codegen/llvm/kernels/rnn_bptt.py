@@ -39,7 +39,7 @@ from llvmlite import ir
 from kcompile.codegen.llvm.builder import I64, PTR, KernelBuilder, define
 from kcompile.codegen.llvm.kernels.common import KernelContext, lowering, split_range
 from kcompile.codegen.llvm.kernels.gemm import transpose_tile
-from kcompile.codegen.llvm.kernels.rnn import _activate, _copy_rows, tile_rows
+from kcompile.codegen.llvm.kernels.rnn import _activate, _copy_rows, check_sequence_node, tile_rows
 from kcompile.codegen.llvm.kernels.scratch import kernel_barrier, scratch_buffer
 from kcompile.ir.core import Node
 
@@ -71,16 +71,6 @@ class _Plan:
     @property
     def packed_floats(self) -> int:
         return self.groups * self.kp * self.nb * self.vw
-
-
-def _check(node: Node) -> None:
-    where = f"{node.op} ({node.label or 'no layer'})"
-    for v in [*node.inputs, *node.outputs]:
-        if v.dtype != "float32":
-            raise NotImplementedError(f"{where}: the LLVM recurrent kernel is float32 only, got "
-                                      f"{v.dtype}; use jit_compile=False")
-    if node.inputs[0].shape[1] is None:
-        raise NotImplementedError(f"{where}: the sequence length must be known to compile")
 
 
 def _slope(kb: KernelBuilder, name: str, y: ir.Value) -> ir.Value:
@@ -122,7 +112,7 @@ def _pack_rt(kb: KernelBuilder, plan: _Plan, r_ptr: ir.Value, buf: ir.Value, tid
 
 @lowering("simple_rnn_bptt", "lstm_bptt", "gru_bptt")
 def lower_bptt(ctx: KernelContext, node: Node) -> ir.Function:
-    _check(node)
+    check_sequence_node(node)
     plan = _Plan(node, ctx.target.vector_width)
     fn, kb, ins, outs, n, tid, nt = ctx.new_multi_kernel(node)
     b = kb.b
